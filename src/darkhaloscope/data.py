@@ -1,0 +1,690 @@
+"""Training / evaluation loader of the stamp parquet files (see :mod:`darkhaloscope.stamp_format`).
+
+Pieces:
+
+- :class:`NormConfig` / :func:`normalize`: robust per-sample, per-channel
+  normalisation ``(x - median) / (1.4826 * MAD + 1e-8)`` clipped to ``clip``,
+  statistics over the whole stamp (``full``) or only the outer annulus
+  ``r >= outer_radius`` pixels from the stamp centre (``outer``), so the flux of an
+  injected arc near the centre cannot leak into the statistics.
+- :func:`augment`: one random dihedral transform (flips, rot90, transpose) per
+  sample, identical for all its channels.
+- :class:`StampIndex`: one pass over the files deciding which rows are used; every
+  dropped row is counted by reason (``counts``), never silently dropped.
+- :class:`StampDataset`: an ``IterableDataset`` yielding ready batches
+  ``(x, y, meta, sample_id)``; contiguous reads of (file, row group) chunks;
+  chunks sharded round-robin over ``world_size * num_workers`` shards so every kept
+  sample is yielded exactly once per epoch; the epoch lives in shared memory so
+  :meth:`StampDataset.set_epoch` reaches persistent workers.
+- :func:`make_loader`: ``DataLoader(batch_size=None)`` whose worker seeding does not
+  touch torch's global RNG.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from darkhaloscope.hashing import hash_u64
+from darkhaloscope.stamp_format import (
+    CTRL_STAMP_COLUMN,
+    STAMP_BANDS,
+    STAMP_COLUMN,
+    STAMP_SIZE,
+    stamps_and_valid,
+)
+
+NORM_METHODS: tuple[str, ...] = ("full", "outer")
+DROP_REASONS: tuple[str, ...] = (
+    "cutout_not_ok",
+    "missing_ctrl",
+    "nonfinite_stamp",
+    "nonfinite_meta",
+    "below_min_theta_over_psf",
+    "below_min_arc_snr",
+)
+MAD_TO_SIGMA = 1.4826
+NORM_EPS = 1e-8
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+@dataclass(frozen=True)
+class NormConfig:
+    """Robust normalisation settings (stored in checkpoints via :meth:`to_dict`)."""
+
+    method: str = "full"
+    outer_radius: float = 16
+    clip: tuple[float, float] = (-10.0, 10.0)
+
+    def __post_init__(self) -> None:
+        if self.method not in NORM_METHODS:
+            raise ValueError(f"unknown norm method {self.method!r}; valid: {list(NORM_METHODS)}")
+        clip = tuple(float(c) for c in self.clip)
+        if len(clip) != 2 or not clip[0] < clip[1]:
+            raise ValueError(f"clip must be (lo, hi) with lo < hi, got {self.clip!r}")
+        object.__setattr__(self, "clip", clip)
+        if not float(self.outer_radius) >= 0:
+            raise ValueError(f"outer_radius must be >= 0 pixels, got {self.outer_radius!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "outer_radius": self.outer_radius, "clip": list(self.clip)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "NormConfig":
+        valid = {"method", "outer_radius", "clip"}
+        unknown = set(d) - valid
+        if unknown:
+            raise ValueError(f"unknown NormConfig keys {sorted(unknown)}; valid: {sorted(valid)}")
+        kw = dict(d)
+        if "clip" in kw:
+            kw["clip"] = tuple(kw["clip"])
+        return cls(**kw)
+
+
+@functools.lru_cache(maxsize=32)
+def outer_pixel_index(height: int, width: int, outer_radius: float) -> np.ndarray:
+    """Flat indices of the pixels at radius >= ``outer_radius`` from the centre (H//2, W//2)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    rr = np.hypot(yy - height // 2, xx - width // 2)
+    idx = np.flatnonzero(rr >= float(outer_radius))
+    if idx.size == 0:
+        raise ValueError(
+            f"outer_radius {outer_radius} leaves no pixel of a {height}x{width} stamp"
+        )
+    idx.setflags(write=False)
+    return idx
+
+
+def robust_stats(x: np.ndarray, cfg: NormConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample, per-channel (median, MAD) of ``x`` (B, C, H, W); each (B, C)."""
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"expected (B, C, H, W), got shape {x.shape}")
+    b, c, h, w = x.shape
+    flat = x.reshape(b, c, h * w)
+    if cfg.method == "full":
+        sel, own = flat, False
+    elif cfg.method == "outer":
+        sel, own = flat[..., outer_pixel_index(h, w, float(cfg.outer_radius))], True
+    else:  # pragma: no cover - NormConfig validates
+        raise ValueError(f"unknown norm method {cfg.method!r}; valid: {list(NORM_METHODS)}")
+    med = np.median(sel, axis=-1, keepdims=True, overwrite_input=own)
+    mad = np.median(np.abs(sel - med), axis=-1, keepdims=True, overwrite_input=True)
+    return med[..., 0], mad[..., 0]
+
+
+def normalize(x: np.ndarray, cfg: NormConfig) -> np.ndarray:
+    """(x - median) / (1.4826 * MAD + 1e-8) per sample and channel, clipped to ``cfg.clip``.
+
+    ``x`` is (B, C, H, W); returns a new float32 array of the same shape. Non-finite
+    inputs give non-finite outputs (the index drops non-finite stamps).
+    """
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"normalize expects (B, C, H, W), got shape {x.shape}")
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    med, mad = robust_stats(x, cfg)
+    scale = (np.float32(MAD_TO_SIGMA) * mad + np.float32(NORM_EPS))[..., None, None]
+    out = np.subtract(x, med[..., None, None], dtype=np.float32)
+    out /= scale
+    np.clip(out, cfg.clip[0], cfg.clip[1], out=out)
+    return out
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random horizontal flip, vertical flip, rot90 (k in 0..3) and transpose.
+
+    ONE transform is drawn per sample and applied identically to all its channels
+    (so the two halves of a 6-channel paired sample stay aligned). Returns a new
+    C-contiguous array; deterministic given the state of ``rng``.
+    """
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"augment expects square (B, C, H, H) stamps, got shape {x.shape}")
+    b = x.shape[0]
+    hflip = rng.integers(0, 2, b)
+    vflip = rng.integers(0, 2, b)
+    k = rng.integers(0, 4, b)
+    tr = rng.integers(0, 2, b)
+    code = ((hflip * 2 + vflip) * 4 + k) * 2 + tr
+    out = np.empty(x.shape, dtype=x.dtype)
+    for c in np.unique(code):
+        rows = np.flatnonzero(code == c)
+        h, v, kk, t = int(c) // 16, (int(c) // 8) % 2, (int(c) // 2) % 4, int(c) % 2
+        y = x[rows]
+        if h:
+            y = y[..., ::-1]
+        if v:
+            y = y[..., ::-1, :]
+        if kk:
+            y = np.rot90(y, kk, axes=(-2, -1))
+        if t:
+            y = y.swapaxes(-1, -2)
+        out[rows] = y
+    return out
+
+
+# ----------------------------------------------------------------------------- index
+
+
+@dataclass
+class Chunk:
+    """Kept rows of one (file, row group): the loader's contiguous work unit."""
+
+    file_idx: int
+    row_group: int
+    rows: np.ndarray  # int64 positions within the row group, ascending
+    n_rows_group: int  # rows in the row group (rows.size == n_rows_group: all kept)
+
+    @property
+    def n(self) -> int:
+        return int(self.rows.size)
+
+
+def _column_numpy(table, name: str, path: str) -> np.ndarray:
+    col = table.column(name)
+    if col.null_count:
+        raise ValueError(f"{path}: column {name!r} has {col.null_count} null values")
+    return col.to_numpy()
+
+
+@dataclass
+class StampIndex:
+    """Which rows of which files the loader uses, with every dropped row counted."""
+
+    files: list[str]
+    chunks: list[Chunk]
+    sample_ids: np.ndarray  # int64 (n_samples,), index order (file, row group, row)
+    labels: np.ndarray  # int8 (n_samples,), 1 = injected / positive
+    counts: dict[str, int]  # dropped rows by reason (every reason present, 0 if none)
+    n_rows_read: int
+    min_theta_over_psf: float = 0.0
+    min_arc_snr: float = 0.0
+    require_ctrl: bool = False
+    meta_cols: tuple[str, ...] = ()
+    row_group_starts: list[np.ndarray] = field(default_factory=list)  # per file
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.sample_ids.size)
+
+    @property
+    def n_positive(self) -> int:
+        return int(self.labels.sum())
+
+    @property
+    def n_negative(self) -> int:
+        return self.n_samples - self.n_positive
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "min_theta_over_psf": self.min_theta_over_psf,
+            "min_arc_snr": self.min_arc_snr,
+            "require_ctrl": self.require_ctrl,
+            "meta_cols": list(self.meta_cols),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Plain dict for logs / metrics: rows read, kept (by class), dropped by reason."""
+        return {
+            "rows_read": self.n_rows_read,
+            "kept": self.n_samples,
+            "kept_positive": self.n_positive,
+            "kept_negative": self.n_negative,
+            "dropped": dict(self.counts),
+            "filters": self.filters(),
+        }
+
+    @classmethod
+    def build(
+        cls,
+        files: Sequence[str],
+        *,
+        min_theta_over_psf: float = 0.0,
+        min_arc_snr: float = 0.0,
+        require_ctrl: bool = False,
+        meta_cols: Sequence[str] = (),
+    ) -> "StampIndex":
+        """One pass over ``files`` (row group by row group) deciding the kept rows.
+
+        A row is kept when ``cutout_ok == 1``, its ``stamp`` (and, with
+        ``require_ctrl``, its non-null ``ctrl_stamp``) is all finite, its
+        ``meta_cols`` values are finite, and - for POSITIVES only -
+        ``theta_e_over_psf >= min_theta_over_psf`` and ``arc_snr >= min_arc_snr``
+        (a threshold of 0 or less disables that filter; controls are never dropped
+        by them). Each dropped row is counted once, under the first failing reason
+        in :data:`DROP_REASONS` order. No row left, or no positive, or no negative
+        left, is a ValueError naming the files and the filters.
+        """
+        files = [os.fspath(f) for f in files]
+        if not files:
+            raise ValueError("StampIndex.build: no files given")
+        meta_cols = tuple(meta_cols)
+        use_theta = float(min_theta_over_psf) > 0
+        use_snr = float(min_arc_snr) > 0
+        required = ["sample_id", "is_control", "cutout_ok", STAMP_COLUMN]
+        if use_theta:
+            required.append("theta_e_over_psf")
+        if use_snr:
+            required.append("arc_snr")
+        if require_ctrl:
+            required.append(CTRL_STAMP_COLUMN)
+        required += [c for c in meta_cols if c not in required]
+
+        counts = {r: 0 for r in DROP_REASONS}
+        chunks: list[Chunk] = []
+        sids: list[np.ndarray] = []
+        labs: list[np.ndarray] = []
+        rg_starts: list[np.ndarray] = []
+        n_read = 0
+        for fi, path in enumerate(files):
+            pf = pq.ParquetFile(path)
+            names = pf.schema_arrow.names
+            for c in required:
+                if c not in names:
+                    raise ValueError(f"{path}: required column {c!r} missing (has {names})")
+            md = pf.metadata
+            sizes = np.array([md.row_group(i).num_rows for i in range(md.num_row_groups)], np.int64)
+            rg_starts.append(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
+            for rg in range(md.num_row_groups):
+                t = pf.read_row_group(rg, columns=required)
+                n = t.num_rows
+                if n == 0:
+                    continue
+                n_read += n
+                sid = _column_numpy(t, "sample_id", path).astype(np.int64, copy=False)
+                is_ctrl = _column_numpy(t, "is_control", path)
+                if not np.isin(is_ctrl, (0, 1)).all():
+                    raise ValueError(f"{path}: column 'is_control' has values other than 0/1")
+                ok = _column_numpy(t, "cutout_ok", path) == 1
+                pos = is_ctrl == 0
+                alive = ok.copy()
+                counts["cutout_not_ok"] += int((~ok).sum())
+
+                if require_ctrl:
+                    ctrl, cvalid = stamps_and_valid(t.column(CTRL_STAMP_COLUMN), name=CTRL_STAMP_COLUMN)
+                    drop = alive & ~cvalid
+                    counts["missing_ctrl"] += int(drop.sum())
+                    alive &= ~drop
+
+                stamps, svalid = stamps_and_valid(t.column(STAMP_COLUMN), name=STAMP_COLUMN)
+                fin = svalid & np.isfinite(stamps.reshape(n, -1)).all(axis=1)
+                if require_ctrl:
+                    fin &= np.isfinite(ctrl.reshape(n, -1)).all(axis=1)
+                drop = alive & ~fin
+                counts["nonfinite_stamp"] += int(drop.sum())
+                alive &= ~drop
+
+                if meta_cols:
+                    mfin = np.ones(n, dtype=bool)
+                    for c in meta_cols:
+                        col = t.column(c)
+                        v = col.to_numpy(zero_copy_only=False).astype(np.float64)
+                        mfin &= np.isfinite(v)
+                    drop = alive & ~mfin
+                    counts["nonfinite_meta"] += int(drop.sum())
+                    alive &= ~drop
+
+                if use_theta:
+                    th = t.column("theta_e_over_psf").to_numpy(zero_copy_only=False).astype(np.float64)
+                    drop = alive & pos & ~(th >= float(min_theta_over_psf))
+                    counts["below_min_theta_over_psf"] += int(drop.sum())
+                    alive &= ~drop
+                if use_snr:
+                    snr = t.column("arc_snr").to_numpy(zero_copy_only=False).astype(np.float64)
+                    drop = alive & pos & ~(snr >= float(min_arc_snr))
+                    counts["below_min_arc_snr"] += int(drop.sum())
+                    alive &= ~drop
+
+                rows = np.flatnonzero(alive).astype(np.int64)
+                if rows.size:
+                    chunks.append(Chunk(fi, rg, rows, n))
+                    sids.append(sid[rows])
+                    labs.append(pos[rows].astype(np.int8))
+                del t, stamps
+
+        sample_ids = np.concatenate(sids) if sids else np.zeros(0, np.int64)
+        labels = np.concatenate(labs) if labs else np.zeros(0, np.int8)
+        index = cls(
+            files=files,
+            chunks=chunks,
+            sample_ids=sample_ids,
+            labels=labels,
+            counts=counts,
+            n_rows_read=n_read,
+            min_theta_over_psf=float(min_theta_over_psf),
+            min_arc_snr=float(min_arc_snr),
+            require_ctrl=bool(require_ctrl),
+            meta_cols=meta_cols,
+            row_group_starts=rg_starts,
+        )
+        problem = None
+        if index.n_samples == 0:
+            problem = "no row is left"
+        elif index.n_positive == 0:
+            problem = "no positive (injected) row is left"
+        elif index.n_negative == 0:
+            problem = "no negative (control) row is left"
+        if problem:
+            raise ValueError(
+                f"StampIndex: {problem} after the filters {index.filters()} "
+                f"(rows read {n_read}, dropped {counts}) in files {files}"
+            )
+        uniq, cnt = np.unique(sample_ids, return_counts=True)
+        if (cnt > 1).any():
+            raise ValueError(
+                f"StampIndex: duplicate sample_id values {uniq[cnt > 1][:5].tolist()} in files {files}"
+            )
+        return index
+
+    def read_kept_columns(self, columns: Sequence[str]) -> dict[str, np.ndarray]:
+        """Metadata columns of the kept rows, in index order (no stamp bytes read)."""
+        columns = list(columns)
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+        by_file: dict[int, list[Chunk]] = {}
+        for ch in self.chunks:
+            by_file.setdefault(ch.file_idx, []).append(ch)
+        for fi in sorted(by_file):
+            path = self.files[fi]
+            names = pq.read_schema(path).names
+            for c in columns:
+                if c not in names:
+                    raise ValueError(f"{path}: column {c!r} missing (has {names})")
+            t = pq.read_table(path, columns=columns)
+            pos = np.concatenate(
+                [self.row_group_starts[fi][ch.row_group] + ch.rows for ch in by_file[fi]]
+            )
+            for c in columns:
+                parts[c].append(t.column(c).take(pos).to_numpy(zero_copy_only=False))
+        # chunks are in (file, row group) order, so concatenating per file keeps index order
+        return {c: np.concatenate(v) if v else np.zeros(0) for c, v in parts.items()}
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class StampDataset(IterableDataset):
+    """Ready batches ``(x (B,C,64,64) f32, y (B,) f32, meta (B,n_meta) f32, sample_id (B,) i64)``.
+
+    Use with ``DataLoader(batch_size=None)`` (see :func:`make_loader`).
+
+    Work unit: a chunk = (file, row group) restricted to the index's kept rows,
+    read once with ``ParquetFile.read_row_group``. Per epoch the chunk list is
+    permuted (``shuffle``) by a Generator seeded with (seed, epoch) - identical on
+    every rank - and dealt round-robin to ``world_size * num_workers`` shards
+    (shard = rank * num_workers + worker_id), so every kept sample is yielded
+    exactly once per epoch over all ranks and workers. With ``shuffle`` the rows
+    are shuffled across a buffer of ``buffer_chunks`` chunks; augmentation draws
+    from (seed, epoch, shard). Batches do not cross shards; the last one of a
+    shard may be short (dropped with ``drop_last``). Ranks may therefore yield
+    different numbers of batches (see :meth:`shard_sizes`).
+
+    ``shuffle=False, augment=False`` is the evaluation mode: in one process
+    (``num_workers=0``, world size 1) rows come in file order, deterministically.
+
+    The epoch lives in shared memory (``multiprocessing.Value``) created here, so
+    :meth:`set_epoch` in the parent reaches already-running persistent workers
+    at the start of their next iteration.
+    """
+
+    def __init__(
+        self,
+        index: StampIndex,
+        batch_size: int,
+        norm_cfg: NormConfig,
+        input_channels: int = 3,
+        meta_cols: Sequence[str] = (),
+        meta_scaler: Any = None,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+        buffer_chunks: int = 4,
+    ) -> None:
+        super().__init__()
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if input_channels not in (3, 6):
+            raise ValueError(f"input_channels must be 3 (stamp) or 6 (stamp + ctrl_stamp), got {input_channels}")
+        if input_channels == 6 and not index.require_ctrl:
+            raise ValueError(
+                "input_channels=6 needs an index built with require_ctrl=True "
+                "(rows without ctrl_stamp must be dropped and counted)"
+            )
+        if not isinstance(norm_cfg, NormConfig):
+            raise ValueError(f"norm_cfg must be a NormConfig, got {type(norm_cfg).__name__}")
+        if int(buffer_chunks) < 1:
+            raise ValueError(f"buffer_chunks must be >= 1, got {buffer_chunks}")
+        d_rank, d_world = _dist_rank_world()
+        self.rank = d_rank if rank is None else int(rank)
+        self.world_size = d_world if world_size is None else int(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} not in [0, world_size={self.world_size})")
+        self.index = index
+        self.batch_size = int(batch_size)
+        self.norm_cfg = norm_cfg
+        self.input_channels = int(input_channels)
+        self.meta_cols = tuple(meta_cols)
+        self.meta_scaler = meta_scaler
+        self.shuffle = bool(shuffle)
+        self.augment = bool(augment)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.buffer_chunks = int(buffer_chunks)
+        self._epoch = multiprocessing.Value("i", 0)
+        unchecked = [c for c in self.meta_cols if c not in index.meta_cols]
+        if unchecked:
+            vals = index.read_kept_columns(unchecked)
+            for c, v in vals.items():
+                bad = ~np.isfinite(v.astype(np.float64))
+                if bad.any():
+                    raise ValueError(
+                        f"meta column {c!r} has {int(bad.sum())} non-finite values in kept rows; "
+                        f"build the StampIndex with meta_cols={list(self.meta_cols)} to drop and count them"
+                    )
+
+    # -- epoch ---------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch used by the next iteration (also in persistent workers)."""
+        with self._epoch.get_lock():
+            self._epoch.value = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    # -- sizes ---------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        """Kept rows (over all ranks): the samples one epoch yields in total."""
+        return self.index.n_samples
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(self.index.counts)
+
+    def chunk_order(self, epoch: int) -> np.ndarray:
+        """Chunk ids in the epoch's order (the same on every rank and worker)."""
+        n = len(self.index.chunks)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, int(epoch), 0x5EED]).permutation(n)
+
+    def shard_chunks(self, epoch: int, shard: int, n_shards: int) -> np.ndarray:
+        return self.chunk_order(epoch)[shard::n_shards]
+
+    def shard_sizes(self, epoch: int, num_workers: int = 0) -> np.ndarray:
+        """Samples per (rank, worker) shard for ``epoch``: shape (world_size, max(1, num_workers))."""
+        nw = max(1, int(num_workers))
+        n_shards = self.world_size * nw
+        sizes = np.zeros(n_shards, np.int64)
+        for s in range(n_shards):
+            sizes[s] = sum(self.index.chunks[c].n for c in self.shard_chunks(epoch, s, n_shards))
+        return sizes.reshape(self.world_size, nw)
+
+    # -- reading -------------------------------------------------------------------
+    def _read_chunk(self, pf: pq.ParquetFile, ch: Chunk) -> dict[str, np.ndarray]:
+        cols = ["sample_id", "is_control", STAMP_COLUMN]
+        if self.input_channels == 6:
+            cols.append(CTRL_STAMP_COLUMN)
+        cols += [c for c in self.meta_cols if c not in cols]
+        t = pf.read_row_group(ch.row_group, columns=cols)
+        if t.num_rows != ch.n_rows_group:
+            raise RuntimeError(
+                f"{self.index.files[ch.file_idx]} row group {ch.row_group} has {t.num_rows} rows, "
+                f"the index saw {ch.n_rows_group}: the file changed after the index was built"
+            )
+        rows = None if ch.n == ch.n_rows_group else ch.rows
+        nb = len(STAMP_BANDS)
+
+        def take(a: np.ndarray) -> np.ndarray:
+            return a if rows is None else a[rows]
+
+        stamps, _ = stamps_and_valid(t.column(STAMP_COLUMN), nb, STAMP_SIZE, name=STAMP_COLUMN)
+        if self.input_channels == 6:
+            ctrl, _ = stamps_and_valid(t.column(CTRL_STAMP_COLUMN), nb, STAMP_SIZE, name=CTRL_STAMP_COLUMN)
+            x = np.empty((ch.n, 2 * nb, STAMP_SIZE, STAMP_SIZE), np.float32)
+            x[:, :nb] = take(stamps)
+            x[:, nb:] = take(ctrl)
+        else:
+            x = take(stamps)
+        out = {
+            "x": x,
+            "y": (1 - take(t.column("is_control").to_numpy())).astype(np.float32),
+            "sid": take(t.column("sample_id").to_numpy()).astype(np.int64, copy=False),
+        }
+        if self.meta_cols:
+            out["meta"] = np.stack(
+                [take(t.column(c).to_numpy(zero_copy_only=False)).astype(np.float64) for c in self.meta_cols],
+                axis=1,
+            )
+        else:
+            out["meta"] = np.zeros((ch.n, 0), np.float64)
+        return out
+
+    def _make_batch(self, part: dict[str, np.ndarray], rng_aug: np.random.Generator | None):
+        x = normalize(part["x"], self.norm_cfg)
+        if rng_aug is not None:
+            x = augment(x, rng_aug)
+        meta = part["meta"]
+        if self.meta_cols and self.meta_scaler is not None:
+            meta = np.asarray(self.meta_scaler.transform(meta))
+        meta = np.ascontiguousarray(meta, dtype=np.float32)
+        return (
+            torch.from_numpy(np.ascontiguousarray(x)),
+            torch.from_numpy(np.ascontiguousarray(part["y"])),
+            torch.from_numpy(meta),
+            torch.from_numpy(np.ascontiguousarray(part["sid"])),
+        )
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        info = get_worker_info()
+        nw, wid = (1, 0) if info is None else (info.num_workers, info.id)
+        shard = self.rank * nw + wid
+        n_shards = self.world_size * nw
+        chunk_ids = self.shard_chunks(epoch, shard, n_shards)
+        rng_rows = np.random.default_rng([self.seed, epoch, shard, n_shards, 1])
+        rng_aug = np.random.default_rng([self.seed, epoch, shard, n_shards, 2]) if self.augment else None
+        group = self.buffer_chunks if self.shuffle else 1
+        bs = self.batch_size
+        files: dict[int, pq.ParquetFile] = {}
+        carry: dict[str, np.ndarray] | None = None
+        try:
+            for g0 in range(0, len(chunk_ids), group):
+                parts = [] if carry is None else [carry]
+                for cid in chunk_ids[g0 : g0 + group]:
+                    ch = self.index.chunks[int(cid)]
+                    pf = files.get(ch.file_idx)
+                    if pf is None:
+                        pf = files[ch.file_idx] = pq.ParquetFile(self.index.files[ch.file_idx])
+                    parts.append(self._read_chunk(pf, ch))
+                pool = parts[0] if len(parts) == 1 else {
+                    k: np.concatenate([p[k] for p in parts]) for k in parts[0]
+                }
+                n = len(pool["sid"])
+                order = rng_rows.permutation(n) if self.shuffle else None
+                n_full = n // bs * bs
+                for s in range(0, n_full, bs):
+                    sl = slice(s, s + bs) if order is None else order[s : s + bs]
+                    yield self._make_batch({k: v[sl] for k, v in pool.items()}, rng_aug)
+                rest = slice(n_full, n) if order is None else order[n_full:]
+                carry = {k: v[rest] for k, v in pool.items()} if n_full < n else None
+                del pool, parts
+            if carry is not None and not self.drop_last:
+                yield self._make_batch(carry, rng_aug)
+        finally:
+            for pf in files.values():
+                pf.close()
+
+
+# ----------------------------------------------------------------------------- loader
+
+
+def _worker_init(worker_id: int) -> None:
+    info = get_worker_info()
+    ds = info.dataset if info is not None else None
+    base = getattr(ds, "seed", 0)
+    rank = getattr(ds, "rank", 0)
+    s = hash_u64("dataloader-worker", base, rank, worker_id)
+    torch.manual_seed(s & 0x7FFF_FFFF_FFFF_FFFF)
+    np.random.seed(s & 0xFFFF_FFFF)
+    random.seed(s)
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    dataset: StampDataset,
+    num_workers: int = 0,
+    persistent_workers: bool = False,
+    *,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = None,
+    multiprocessing_context: Any = None,
+) -> DataLoader:
+    """``DataLoader(dataset, batch_size=None)`` with deterministic worker seeding.
+
+    The loader gets its own ``torch.Generator`` (seeded from ``dataset.seed``) so
+    creating an iterator does not consume torch's global RNG, and workers are
+    seeded from (seed, rank, worker id). ``persistent_workers`` only applies with
+    ``num_workers > 0``.
+    """
+    g = torch.Generator()
+    g.manual_seed(hash_u64("dataloader", dataset.seed, dataset.rank) & 0x7FFF_FFFF_FFFF_FFFF)
+    kw: dict[str, Any] = dict(
+        batch_size=None,
+        num_workers=int(num_workers),
+        pin_memory=pin_memory,
+        generator=g,
+    )
+    if num_workers > 0:
+        kw["worker_init_fn"] = _worker_init
+        kw["persistent_workers"] = bool(persistent_workers)
+        if prefetch_factor is not None:
+            kw["prefetch_factor"] = int(prefetch_factor)
+        if multiprocessing_context is not None:
+            kw["multiprocessing_context"] = multiprocessing_context
+    return DataLoader(dataset, **kw)

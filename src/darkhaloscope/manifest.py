@@ -1,0 +1,153 @@
+"""Phase 4a: the injection manifest — grids, control assignment and every per-sample draw.
+
+Each manifest row is one future stamp. Every random quantity (control or not,
+grid config, source offset and angles, lens axis ratio, shear angle, source
+colours) is a pure function of (seed, stable ids, quantity name) through
+:mod:`darkhaloscope.hashing`, so the manifest does not depend on row order,
+partitioning or worker count, and Phase 4c never draws again.
+
+Control modes
+-------------
+unpaired: a galaxy is a control with probability ``control_frac``; control
+    galaxies appear once, un-injected; every other galaxy appears ``replicates``
+    times with an injection. Controls and injected galaxies are disjoint sets.
+paired: every galaxy appears ``replicates`` times with an injection AND once
+    un-injected as its own control (``pair_id`` links them; the stamp stage also
+    stores the un-injected cutout beside each injected one as ``ctrl_stamp``).
+    ``control_frac`` is not used.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pyarrow as pa
+
+from .hashing import hash_int63, normal, uniform
+from .params import GRID_KEYS
+from .selection import SPLITS
+
+INJECTION_COLUMNS = (
+    "theta_e_arcsec", "src_dmag", "src_reff_arcsec", "src_e", "shear", "shear_phi_deg",
+    "gamma1", "gamma2", "lens_q", "lens_phi_deg", "src_phi_deg", "src_x_arcsec", "src_y_arcsec",
+    "src_gr", "src_rz", "src_mag_r",
+)
+CARRY = ("row_id", "brickname", "objid", "ra", "dec", "mag_r", "psfsize_g", "psfsize_r", "psfsize_z",
+         "psfdepth_g", "psfdepth_r", "psfdepth_z")
+
+
+def grid_configs(grid: dict) -> list[dict]:
+    """All combinations of a grid's values, in a fixed order, each with a readable ``config_id``."""
+    for k in GRID_KEYS:
+        if k not in grid:
+            raise ValueError(f"grid lacks key {k!r}; a grid defines {', '.join(GRID_KEYS)}")
+    out = []
+    for vals in itertools.product(*(grid[k] for k in GRID_KEYS)):
+        c = dict(zip(GRID_KEYS, (float(v) for v in vals)))
+        c["config_id"] = (f"te{c['theta_e_arcsec']:g}_dm{c['src_dmag']:g}_re{c['src_reff_arcsec']:g}"
+                          f"_e{c['src_e']:g}_sh{c['shear']:g}")
+        out.append(c)
+    return out
+
+
+def draw_injection(seed: int, sample_id: int, configs: list[dict], m: dict, host_mag_r: float) -> dict:
+    """All injection parameters of one sample, from hashes of (seed, sample_id, name)."""
+    c = configs[min(int(uniform(seed, sample_id, "config") * len(configs)), len(configs) - 1)]
+    te = c["theta_e_arcsec"]
+    r = np.sqrt(uniform(seed, sample_id, "src_r")) * float(m["src_offset_frac"]) * te
+    a = 2.0 * np.pi * uniform(seed, sample_id, "src_angle")
+    shear_phi = 180.0 * uniform(seed, sample_id, "shear_phi")
+    q_lo, q_hi = m["lens_q"]
+    lo, hi = m["src_color_clip"]
+    gr = float(np.clip(m["src_gr"][0] + m["src_gr"][1] * normal(seed, sample_id, "src_gr"), lo, hi))
+    rz = float(np.clip(m["src_rz"][0] + m["src_rz"][1] * normal(seed, sample_id, "src_rz"), lo, hi))
+    return {
+        "config_id": c["config_id"],
+        "theta_e_arcsec": te,
+        "src_dmag": c["src_dmag"],
+        "src_reff_arcsec": c["src_reff_arcsec"],
+        "src_e": c["src_e"],
+        "shear": c["shear"],
+        "shear_phi_deg": shear_phi,
+        "gamma1": c["shear"] * np.cos(np.radians(2 * shear_phi)),
+        "gamma2": c["shear"] * np.sin(np.radians(2 * shear_phi)),
+        "lens_q": q_lo + (q_hi - q_lo) * uniform(seed, sample_id, "lens_q"),
+        "lens_phi_deg": 180.0 * uniform(seed, sample_id, "lens_phi"),
+        "src_phi_deg": 180.0 * uniform(seed, sample_id, "src_phi"),
+        "src_x_arcsec": r * np.cos(a),
+        "src_y_arcsec": r * np.sin(a),
+        "src_gr": gr,
+        "src_rz": rz,
+        "src_mag_r": host_mag_r + c["src_dmag"],
+    }
+
+
+def build_manifest(parent: pa.Table, params: dict) -> tuple[pa.Table, dict]:
+    """Return (manifest sorted by split then sample_id, summary of counts)."""
+    m = params["manifest"]
+    seed = int(params["seed"])
+    configs = grid_configs(params["grids"][m["grid"]])
+    cols = {k: parent.column(k).to_numpy(zero_copy_only=False) for k in CARRY + ("split", "near_known_lens")}
+    usable = ~cols["near_known_lens"] & np.isfinite(cols["mag_r"])
+    n_near = int(cols["near_known_lens"].sum())
+    n_nomag = int((~np.isfinite(cols["mag_r"]) & ~cols["near_known_lens"]).sum())
+    paired = m["control_type"] == "paired"
+    rows = []
+    for i in np.flatnonzero(usable):
+        rid = int(cols["row_id"][i])
+        base = {k: cols[k][i] for k in CARRY}
+        base["split"] = str(cols["split"][i])
+        control_gal = (not paired) and uniform(seed, rid, "is_control") < float(m["control_frac"])
+        if paired or control_gal:
+            sid = hash_int63(seed, rid, "control")
+            rows.append({**base, "sample_id": sid, "pair_id": sid, "replicate": 0, "is_control": 1,
+                         "config_id": "control", **{k: 0.0 for k in INJECTION_COLUMNS}})
+        if not control_gal:
+            ctrl_sid = hash_int63(seed, rid, "control") if paired else -1
+            for rep in range(int(m["replicates"])):
+                sid = hash_int63(seed, rid, "inject", rep)
+                inj = draw_injection(seed, sid, configs, m, float(base["mag_r"]))
+                rows.append({**base, "sample_id": sid, "pair_id": ctrl_sid if paired else sid,
+                             "replicate": rep, "is_control": 0, **inj})
+
+    # cap per split, keeping the rows with the smallest hash (order independent)
+    kept, capped = [], {}
+    for s in SPLITS:
+        rs = [r for r in rows if r["split"] == s]
+        cap = int(m["n_total_per_split"][s])
+        if len(rs) > cap:
+            rs.sort(key=lambda r: uniform(seed, r["sample_id"], "cap"))
+            capped[s] = len(rs) - cap
+            rs = rs[:cap]
+        kept.extend(sorted(rs, key=lambda r: r["sample_id"]))
+    if not kept:
+        raise ValueError("manifest is empty: no usable parent galaxies (check the parent sample and manifest params)")
+    names = ["sample_id", "pair_id", "row_id", "replicate", "split", "brickname", "objid", "ra", "dec",
+             "is_control", "config_id", *INJECTION_COLUMNS, "mag_r",
+             "psfsize_g", "psfsize_r", "psfsize_z", "psfdepth_g", "psfdepth_r", "psfdepth_z"]
+    data = {n: [r[n] for r in kept] for n in names}
+    types = {"sample_id": pa.int64(), "pair_id": pa.int64(), "row_id": pa.int64(), "replicate": pa.int32(),
+             "objid": pa.int64(), "is_control": pa.int8(), "split": pa.string(), "brickname": pa.string(),
+             "config_id": pa.string()}
+    table = pa.table({n: pa.array(data[n], type=types.get(n, pa.float64())) for n in names})
+    table = table.rename_columns([("host_mag_r" if n == "mag_r" else n) for n in names])
+
+    split = np.asarray(data["split"])
+    ctrl = np.asarray(data["is_control"]) == 1
+    rid = np.asarray(data["row_id"])
+    summary = {
+        "grid": m["grid"], "n_configs": len(configs), "control_type": m["control_type"],
+        "control_frac": float(m["control_frac"]), "replicates": int(m["replicates"]),
+        "excluded_near_known_lens": n_near, "excluded_no_r_magnitude": n_nomag,
+        "capped_rows": capped, "n_rows": len(kept), "splits": {},
+    }
+    for s in SPLITS:
+        sel = split == s
+        inj_g, ctl_g = set(rid[sel & ~ctrl].tolist()), set(rid[sel & ctrl].tolist())
+        summary["splits"][s] = {
+            "rows": int(sel.sum()), "injected": int((sel & ~ctrl).sum()), "controls": int((sel & ctrl).sum()),
+            "injected_galaxies": len(inj_g), "control_galaxies": len(ctl_g),
+            "galaxies_in_both": len(inj_g & ctl_g),
+        }
+    return table, summary

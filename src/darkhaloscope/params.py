@@ -1,0 +1,267 @@
+"""Typed, validated view of ``params.yaml``: the one place that knows the keys.
+
+``load_params(path)`` reads the YAML, checks every key against ``SCHEMA`` and
+returns plain nested dicts. An unknown key (a typo) is an error that names the
+key, its place and the valid keys (with a close-match suggestion); a value of
+the wrong type or outside its allowed set names the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the file, the key and what was expected."""
+
+
+# ---- schema vocabulary ------------------------------------------------------
+class Enum:
+    def __init__(self, *values: str):
+        self.values = values
+
+
+class ListOf:
+    def __init__(self, item: Any, length: int | None = None):
+        self.item, self.length = item, length
+
+
+class MapOf:
+    """A mapping with free keys (names chosen by the user) and a fixed value schema."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+NUM = (int, float)
+SPLITS = {"train": NUM, "val": NUM, "test": NUM}
+GRID_KEYS = ("theta_e_arcsec", "src_dmag", "src_reff_arcsec", "src_e", "shear")
+
+SCHEMA: dict[str, Any] = {
+    "seed": int,
+    "loss": Enum("bce", "focal"),
+    "survey": {
+        "root": str,
+        "sweep_glob": str,
+        "known_lenses": str,
+        "bands": ListOf(Enum("g", "r", "z")),
+        "mock": {
+            "seed": int,
+            "n_bricks_ra": int,
+            "n_bricks_dec": int,
+            "ra0_deg": NUM,
+            "dec0_deg": NUM,
+            "spacing_deg": NUM,
+            "brick_size_pix": int,
+            "n_lrg_per_brick": int,
+            "n_blue_per_brick": int,
+            "n_star_per_brick": int,
+            "companion_frac": NUM,
+            "n_known_lenses": int,
+            "edge_frac": NUM,
+            "moffat_beta": NUM,
+            "psf_fwhm_r": ListOf(NUM, 2),
+            "depth_r": ListOf(NUM, 2),
+            "n_mask_trails": int,
+            "psfsize_zero_bricks": int,
+        },
+    },
+    "selection": {
+        "variant": str,
+        "deredden": bool,
+        "variants": MapOf({"z_max": NUM, "rz_min": NUM, "zw1_min": NUM}),
+        "split": {"nside": int, "seed": int, "fractions": SPLITS},
+    },
+    "manifest": {
+        "grid": str,
+        "control_type": Enum("unpaired", "paired"),
+        "control_frac": NUM,
+        "replicates": int,
+        "n_total_per_split": SPLITS,
+        "lens_q": ListOf(NUM, 2),
+        "src_offset_frac": NUM,
+        "src_gr": ListOf(NUM, 2),
+        "src_rz": ListOf(NUM, 2),
+        "src_color_clip": ListOf(NUM, 2),
+        "known_lens_radius_arcsec": NUM,
+    },
+    "grids": MapOf({k: ListOf(NUM) for k in GRID_KEYS}),
+    "inject": {
+        "engine": Enum("lenstronomy", "fast"),
+        "psf_model": Enum("gaussian", "moffat"),
+        "moffat_beta": NUM,
+        "supersample": int,
+        "psf_kernel_size": int,
+        "stamp_size": int,
+        "pixel_scale": NUM,
+        "psf_fallback_fwhm": NUM,
+        "files_per_split": int,
+        "gallery_n": int,
+    },
+    "spark": {"master": str, "driver_memory": str, "partitions": int},
+    "focal": {"alpha": NUM, "gamma": NUM},
+    "train": {
+        "arch": Enum("small_cnn", "resnet18", "convnext_tiny"),
+        "width": int,
+        "input_channels": int,
+        "dropout": NUM,
+        "meta_cols": ListOf(str),
+        "norm_method": Enum("full", "outer"),
+        "norm_outer_radius": NUM,
+        "clip": ListOf(NUM, 2),
+        "augment": bool,
+        "batch_size": int,
+        "num_workers": int,
+        "weight_decay": NUM,
+        "scheduler": Enum("cosine", "cosine_warm_restarts", "none"),
+        "t0": int,
+        "t_mult": int,
+        "eta_min": NUM,
+        "grad_clip": NUM,
+        "label_smoothing": NUM,
+        "pos_weight": NUM,
+        "monitor": str,
+        "patience": int,
+        "min_delta": NUM,
+        "seed": int,
+        "curriculum": ListOf(
+            {
+                "name": str,
+                "epochs": int,
+                "lr": NUM,
+                "min_theta_over_psf": NUM,
+                "min_arc_snr": NUM,
+            }
+        ),
+    },
+}
+
+# Keys that may be absent from a user's params.yaml sections (none today: the
+# shipped params.yaml states every key, so a missing key is reported as such).
+OPTIONAL: set[str] = set()
+
+
+def _fail(src: str, where: str, msg: str) -> None:
+    raise ParamsError(f"{src}: {where}: {msg}")
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, tuple):
+        return "number"
+    if isinstance(t, Enum):
+        return "one of " + ", ".join(repr(v) for v in t.values)
+    if isinstance(t, ListOf):
+        n = f" of length {t.length}" if t.length else ""
+        return f"a list{n} of {_type_name(t.item)}"
+    if isinstance(t, (dict, MapOf)):
+        return "a mapping"
+    return getattr(t, "__name__", str(t))
+
+
+def _check(value: Any, schema: Any, where: str, src: str) -> None:
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            _fail(src, where, f"expected a mapping with keys {sorted(schema)}, got {value!r}")
+        for key in value:
+            if key not in schema:
+                close = difflib.get_close_matches(str(key), list(schema), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                _fail(src, where, f"unknown key {key!r}{hint}; valid keys: {', '.join(sorted(schema))}")
+        for key, sub in schema.items():
+            path = f"{where}.{key}" if where else key
+            if key not in value:
+                if path in OPTIONAL:
+                    continue
+                _fail(src, path, f"missing key (expected {_type_name(sub)})")
+            _check(value[key], sub, path, src)
+    elif isinstance(schema, MapOf):
+        if not isinstance(value, dict) or not value:
+            _fail(src, where, "expected a non-empty mapping of names to settings")
+        for key, sub in value.items():
+            _check(sub, schema.value, f"{where}.{key}", src)
+    elif isinstance(schema, ListOf):
+        if not isinstance(value, list):
+            _fail(src, where, f"expected {_type_name(schema)}, got {value!r}")
+        if schema.length is not None and len(value) != schema.length:
+            _fail(src, where, f"expected {_type_name(schema)}, got {len(value)} items")
+        for i, item in enumerate(value):
+            _check(item, schema.item, f"{where}[{i}]", src)
+    elif isinstance(schema, Enum):
+        if value not in schema.values:
+            _fail(src, where, f"expected {_type_name(schema)}, got {value!r}")
+    elif schema is bool:
+        if not isinstance(value, bool):
+            _fail(src, where, f"expected true or false, got {value!r}")
+    elif schema is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(src, where, f"expected an integer, got {value!r}")
+    elif isinstance(schema, tuple):
+        if isinstance(value, bool) or not isinstance(value, schema):
+            _fail(src, where, f"expected a number, got {value!r}")
+    elif schema is str:
+        if not isinstance(value, str):
+            _fail(src, where, f"expected a string, got {value!r}")
+    else:  # pragma: no cover - schema bug
+        raise TypeError(f"bad schema at {where}: {schema!r}")
+
+
+def _semantic_checks(p: dict, src: str) -> None:
+    sel = p["selection"]
+    if sel["variant"] not in sel["variants"] and sel["variant"] != "desi_lrg":
+        _fail(src, "selection.variant", f"{sel['variant']!r} is not a key of selection.variants "
+              f"({', '.join(sorted(sel['variants']))}) nor 'desi_lrg'")
+    fr = sel["split"]["fractions"]
+    if any(v < 0 for v in fr.values()) or abs(sum(fr.values()) - 1.0) > 1e-9:
+        _fail(src, "selection.split.fractions", f"expected non-negative fractions summing to 1, got {fr}")
+    m = p["manifest"]
+    if m["grid"] not in p["grids"]:
+        _fail(src, "manifest.grid", f"{m['grid']!r} is not defined under grids ({', '.join(sorted(p['grids']))})")
+    if not 0.0 <= m["control_frac"] <= 1.0:
+        _fail(src, "manifest.control_frac", f"expected a fraction in [0, 1], got {m['control_frac']}")
+    if m["replicates"] < 1:
+        _fail(src, "manifest.replicates", f"expected >= 1, got {m['replicates']}")
+    for name, grid in p["grids"].items():
+        for key in GRID_KEYS:
+            vals = grid[key]
+            if not vals:
+                _fail(src, f"grids.{name}.{key}", "expected at least one value")
+            positive = key in ("theta_e_arcsec", "src_reff_arcsec")
+            bad = [v for v in vals if (v <= 0 if positive else v < 0)]
+            if bad:
+                need = "> 0" if positive else ">= 0"
+                _fail(src, f"grids.{name}.{key}", f"expected values {need}, got {bad}")
+    inj = p["inject"]
+    if inj["psf_kernel_size"] % 2 != 1:
+        _fail(src, "inject.psf_kernel_size", f"expected an odd number of pixels, got {inj['psf_kernel_size']}")
+    if inj["supersample"] < 1:
+        _fail(src, "inject.supersample", f"expected >= 1, got {inj['supersample']}")
+    tr = p["train"]
+    if tr["input_channels"] not in (3, 6):
+        _fail(src, "train.input_channels", f"expected 3 or 6, got {tr['input_channels']}")
+    if not tr["curriculum"]:
+        _fail(src, "train.curriculum", "expected at least one stage")
+
+
+def validate(p: Any, src: str = "params.yaml") -> dict:
+    """Check a parsed params mapping against SCHEMA; return it unchanged."""
+    _check(p, SCHEMA, "", src)
+    _semantic_checks(p, src)
+    return p
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    """Read and validate params.yaml (ParamsError names file, key and expectation)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found (run from the repository root)") from None
+    try:
+        p = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    return validate(p, str(path))

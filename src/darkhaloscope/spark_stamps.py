@@ -1,0 +1,135 @@
+"""Phase 4c at Spark scale: one task per brick group, deterministic output files.
+
+The manifest rows are grouped by brick (a brick's coadds are read once). Each
+result row is keyed by its output file ``(split, sample_id mod files_per_split)``
+and the keyed rows are partitioned so that one Spark partition holds exactly one
+output file; that partition sorts its rows by ``sample_id`` and writes the file.
+The bytes written therefore depend only on the manifest and the params, never on
+``spark.partitions``, the master or the number of executors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .selection import SPLITS
+from .stamp_format import part_file_name, write_stamp_file
+from .stamps import BANDS, process_brick
+
+# columns written beside the stamps, in this order
+OUTPUT_COLUMNS = (
+    "sample_id", "pair_id", "row_id", "replicate", "split", "brickname", "objid", "ra", "dec",
+    "is_control", "config_id", "theta_e_arcsec", "src_dmag", "src_reff_arcsec", "src_e", "shear",
+    "shear_phi_deg", "gamma1", "gamma2", "lens_q", "lens_phi_deg", "src_phi_deg", "src_x_arcsec",
+    "src_y_arcsec", "src_gr", "src_rz", "src_mag_r", "host_mag_r",
+    "psfsize_g", "psfsize_r", "psfsize_z", "psfdepth_g", "psfdepth_r", "psfdepth_z",
+    "psf_fwhm_used_g", "psf_fwhm_used_r", "psf_fwhm_used_z", "psf_fallback",
+    "theta_e_over_psf", "magnification", "arc_snr", "arc_snr_int", "arc_flux_r",
+    "x_offset_pix", "y_offset_pix", "cutout_ok", "fail_reason", "bad_pixel_frac",
+)
+INT_COLUMNS = {"sample_id": np.int64, "pair_id": np.int64, "row_id": np.int64, "replicate": np.int32,
+               "objid": np.int64, "is_control": np.int8, "cutout_ok": np.int8}
+STR_COLUMNS = {"split", "brickname", "config_id", "psf_fallback", "fail_reason"}
+
+
+def spark_session(master: str, driver_memory: str, app: str = "darkhaloscope-stamps"):
+    """A SparkSession whose Python workers run this interpreter (so they import darkhaloscope)."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    b = (SparkSession.builder.master(master).appName(app)
+         .config("spark.driver.memory", driver_memory)
+         .config("spark.ui.enabled", "false")
+         .config("spark.ui.showConsoleProgress", "false")
+         .config("spark.python.worker.reuse", "true"))
+    if master.startswith("local"):
+        b = b.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+    return b.getOrCreate()
+
+
+def write_file(out_dir: str, split: str, bucket: int, rows: list[dict], paired: bool) -> dict:
+    """Write one output file from its rows (sorted by sample_id); return its counts."""
+    rows = sorted(rows, key=lambda r: r["sample_id"])
+    cols = {}
+    for c in OUTPUT_COLUMNS:
+        vals = [r[c] for r in rows]
+        if c in STR_COLUMNS:
+            cols[c] = np.array(vals, dtype=object).astype(str) if vals else np.array([], dtype=str)
+        else:
+            cols[c] = np.array(vals, dtype=INT_COLUMNS.get(c, np.float64))
+    size = rows[0]["stamp"].shape[-1] if rows else 64
+    stamps = (np.stack([r["stamp"] for r in rows]) if rows
+              else np.zeros((0, len(BANDS), size, size), np.float32))
+    ctrl = None
+    if paired:
+        ctrl = (np.stack([r["ctrl_stamp"] for r in rows]) if rows
+                else np.zeros((0, len(BANDS), size, size), np.float32))
+    path = os.path.join(out_dir, split, part_file_name(bucket))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_stamp_file(path, cols, stamps, ctrl)
+    return {"split": split, "file": os.path.relpath(path, out_dir), "rows": len(rows),
+            "cutout_ok": int(sum(r["cutout_ok"] for r in rows)),
+            "fail_reasons": dict(Counter(r["fail_reason"].split(":")[0] for r in rows if not r["cutout_ok"])),
+            "psf_fallback_rows": int(sum(1 for r in rows if r["psf_fallback"])),
+            "nonfinite_stamps": int(sum(1 for r in rows if not np.isfinite(r["stamp"]).all()))}
+
+
+def run_stamps(manifest_path: str, coadd_root: str, out_dir: str, params: dict,
+               gallery_ids: frozenset = frozenset()) -> tuple[list[dict], list[dict]]:
+    """Run Phase 4c under Spark, writing into ``out_dir`` (the caller makes it atomic).
+
+    Returns (per-file counts, gallery rows with their clean cutouts).
+    """
+    inj, sp = params["inject"], params["spark"]
+    paired = params["manifest"]["control_type"] == "paired"
+    bands = tuple(params["survey"]["bands"])
+    nfiles = int(inj["files_per_split"])
+    table = pq.read_table(manifest_path)
+    rows = table.to_pylist()
+    by_brick: dict[str, list] = {}
+    for r in rows:
+        by_brick.setdefault(r["brickname"], []).append(r)
+    groups = sorted(by_brick.items())
+
+    tmp = out_dir
+    os.makedirs(tmp, exist_ok=True)
+    split_index = {s: i for i, s in enumerate(SPLITS)}
+    n_out = len(SPLITS) * nfiles
+
+    spark = spark_session(sp["master"], sp["driver_memory"])
+    try:
+        sc = spark.sparkContext
+        rdd = sc.parallelize(groups, max(1, min(int(sp["partitions"]), len(groups))))
+
+        def work(group):
+            brick, brows = group
+            for res in process_brick(brick, brows, coadd_root, inj, bands, gallery_ids, paired):
+                key = split_index[res["split"]] * nfiles + int(res["sample_id"]) % nfiles
+                yield key, res
+
+        def write_partition(index, items):
+            items = list(items)
+            gallery = [{k: v for k, v in r.items() if k in ("sample_id", "clean", "stamp", "config_id",
+                                                            "theta_e_arcsec", "arc_snr", "split")}
+                       for _, r in items if "clean" in r]
+            split, bucket = SPLITS[index // nfiles], index % nfiles
+            stats = write_file(tmp, split, bucket, [r for _, r in items], paired)
+            yield {"stats": stats, "gallery": gallery}
+
+        results = (rdd.flatMap(work)
+                   .partitionBy(n_out, lambda k: k)
+                   .mapPartitionsWithIndex(write_partition)
+                   .collect())
+    finally:
+        spark.stop()
+    stats = sorted((r["stats"] for r in results), key=lambda s: s["file"])
+    gallery = sorted((g for r in results for g in r["gallery"]), key=lambda g: g["sample_id"])
+    return stats, gallery

@@ -1,0 +1,378 @@
+"""The on-disk storage contract of the image stamps (one parquet row per sample).
+
+Layout: ``<root>/<split>/part-00000.parquet``, ``part-00001.parquet``, ... with
+``split`` in train / val / test (no hive ``key=value`` directories).
+
+Columns (others may exist; :func:`write_stamp_file` accepts arbitrary extra
+1-D columns):
+
+- ``stamp``: ``fixed_size_list<float32>[3*64*64]``, C order (band g, r, z; row;
+  col), pixel values in nanomaggies. Stored UNCOMPRESSED so reading is a memcpy.
+- ``ctrl_stamp``: same type, nullable; present in the paired-control variant (the
+  same galaxy without the injection).
+- ``sample_id`` int64 (unique), ``row_id`` int64 (galaxy id), ``is_control`` int8
+  (1 = control / negative, 0 = injected / positive; label = 1 - is_control),
+  ``cutout_ok`` int8, ``theta_e_arcsec`` float64 (0 for controls),
+  ``theta_e_over_psf`` float64, ``arc_snr`` float64 (0 for controls),
+  ``brickname`` string, ``psfsize_r`` / ``psfdepth_r`` float64, ...
+
+Columns listed in :data:`CONTRACT_TYPES` are cast (safely: an overflow or a
+lossy conversion is an error naming the column) to their contract type when
+written, so every file of every split has the same schema for them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+STAMP_BANDS: tuple[str, ...] = ("g", "r", "z")
+STAMP_SIZE: int = 64
+STAMP_COLUMN = "stamp"
+CTRL_STAMP_COLUMN = "ctrl_stamp"
+STAMP_COLUMNS: tuple[str, ...] = (STAMP_COLUMN, CTRL_STAMP_COLUMN)
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+#: Columns the writer insists on (the loader cannot work without them).
+REQUIRED_COLUMNS: tuple[str, ...] = ("sample_id", "is_control", "cutout_ok")
+
+#: Contract types of the known metadata columns (cast on write when present).
+CONTRACT_TYPES: dict[str, pa.DataType] = {
+    "sample_id": pa.int64(),
+    "row_id": pa.int64(),
+    "is_control": pa.int8(),
+    "cutout_ok": pa.int8(),
+    "theta_e_arcsec": pa.float64(),
+    "theta_e_over_psf": pa.float64(),
+    "arc_snr": pa.float64(),
+    "brickname": pa.string(),
+    "psfsize_r": pa.float64(),
+    "psfdepth_r": pa.float64(),
+}
+
+_PART_GLOB = "part-*.parquet"
+
+
+def stamp_arrow_type(n_channels: int = 3, size: int = STAMP_SIZE) -> pa.DataType:
+    """Arrow type of a stamp column: fixed-size list of ``n_channels*size*size`` float32."""
+    return pa.list_(pa.float32(), int(n_channels) * int(size) * int(size))
+
+
+def part_file_name(index: int) -> str:
+    """Deterministic name of the ``index``-th part file of a split."""
+    return f"part-{int(index):05d}.parquet"
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _check_stamps(name: str, stamps: object) -> np.ndarray:
+    if not isinstance(stamps, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy.ndarray, got {type(stamps).__name__}")
+    if stamps.dtype != np.float32:
+        raise ValueError(f"{name}: expected dtype float32 (nanomaggies), got {stamps.dtype}")
+    want = (len(STAMP_BANDS), STAMP_SIZE, STAMP_SIZE)
+    if stamps.ndim != 4 or tuple(stamps.shape[1:]) != want:
+        raise ValueError(
+            f"{name}: expected shape (N, {want[0]}, {want[1]}, {want[2]}) "
+            f"(band {'/'.join(STAMP_BANDS)}, row, col), got {tuple(stamps.shape)}"
+        )
+    return np.ascontiguousarray(stamps)
+
+
+def _stamp_array(stamps: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    values = pa.array(stamps.reshape(-1), type=pa.float32())  # zero copy
+    mask = None
+    if valid is not None:
+        mask = pa.array(~valid, type=pa.bool_())
+    return pa.FixedSizeListArray.from_arrays(
+        values, type=stamp_arrow_type(stamps.shape[1], stamps.shape[2]), mask=mask
+    )
+
+
+def _column_array(name: str, values: object, n: int) -> pa.Array:
+    try:
+        if isinstance(values, pa.ChunkedArray):
+            arr = values.combine_chunks()
+        elif isinstance(values, pa.Array):
+            arr = values
+        else:
+            if isinstance(values, np.ndarray) and values.ndim != 1:
+                raise ValueError(f"column {name!r}: expected a 1-D array, got shape {values.shape}")
+            arr = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+        raise ValueError(f"column {name!r}: cannot convert to an Arrow array: {exc}") from exc
+    if len(arr) != n:
+        raise ValueError(f"column {name!r}: length {len(arr)} != number of stamps {n}")
+    want = CONTRACT_TYPES.get(name)
+    if want is not None and arr.type != want:
+        try:
+            arr = pc.cast(arr, want, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(
+                f"column {name!r}: cannot cast {arr.type} to the contract type {want}: {exc}"
+            ) from exc
+    return arr
+
+
+def _leaf_paths(name: str, typ: pa.DataType) -> list[str]:
+    """Parquet leaf column paths of an Arrow field (compliant nested list naming)."""
+    if pa.types.is_struct(typ):
+        out: list[str] = []
+        for i in range(typ.num_fields):
+            child = typ.field(i)
+            out += _leaf_paths(f"{name}.{child.name}", child.type)
+        return out
+    if pa.types.is_map(typ):
+        return _leaf_paths(f"{name}.key_value.key", typ.key_type) + _leaf_paths(
+            f"{name}.key_value.value", typ.item_type
+        )
+    if (
+        pa.types.is_list(typ)
+        or pa.types.is_large_list(typ)
+        or pa.types.is_fixed_size_list(typ)
+        or pa.types.is_list_view(typ)
+        or pa.types.is_large_list_view(typ)
+    ):
+        return _leaf_paths(f"{name}.list.element", typ.value_type)
+    return [name]
+
+
+def _check_flag(name: str, arr: pa.Array) -> None:
+    if arr.null_count:
+        raise ValueError(f"column {name!r}: {arr.null_count} null values (must be 0 or 1)")
+    vals = arr.to_numpy(zero_copy_only=False)
+    bad = (vals != 0) & (vals != 1)
+    if bad.any():
+        raise ValueError(f"column {name!r}: values must be 0 or 1, found {np.unique(vals[bad])[:5]}")
+
+
+def write_stamp_file(
+    path: str | os.PathLike,
+    columns: Mapping[str, object],
+    stamps: np.ndarray,
+    ctrl_stamps: np.ndarray | None = None,
+    row_group_size: int = 512,
+    *,
+    ctrl_valid: np.ndarray | None = None,
+) -> str:
+    """Write one stamp parquet file atomically and deterministically.
+
+    ``columns`` maps names to 1-D arrays (numpy, list or Arrow) of length N; they
+    are written in the given order, then ``stamp`` and (if given) ``ctrl_stamp``.
+    ``stamps`` (and ``ctrl_stamps``) are (N, 3, 64, 64) float32 nanomaggies.
+    ``ctrl_valid`` (optional, bool (N,)) marks which ``ctrl_stamp`` rows are
+    present; False rows are written as nulls.
+
+    Stamp columns are stored uncompressed without dictionary or statistics (fast
+    to load); the other columns zstd. The same inputs give a byte-identical file
+    (no timestamps are written). The file is written to ``path + ".tmp"`` and
+    renamed into place with :func:`os.replace`, so a crash never leaves a file at
+    ``path`` that looks complete. Returns ``path`` as a string.
+    """
+    path = os.fspath(path)
+    stamps = _check_stamps("stamps", stamps)
+    n = stamps.shape[0]
+    if ctrl_stamps is not None:
+        ctrl_stamps = _check_stamps("ctrl_stamps", ctrl_stamps)
+        if ctrl_stamps.shape != stamps.shape:
+            raise ValueError(
+                f"ctrl_stamps: shape {ctrl_stamps.shape} != stamps shape {stamps.shape}"
+            )
+    if ctrl_valid is not None:
+        if ctrl_stamps is None:
+            raise ValueError("ctrl_valid given without ctrl_stamps")
+        ctrl_valid = np.asarray(ctrl_valid)
+        if ctrl_valid.dtype != np.bool_ or ctrl_valid.shape != (n,):
+            raise ValueError(
+                f"ctrl_valid: expected a bool array of shape ({n},), "
+                f"got {ctrl_valid.dtype} {ctrl_valid.shape}"
+            )
+    if int(row_group_size) < 1:
+        raise ValueError(f"row_group_size must be >= 1, got {row_group_size}")
+    for name in STAMP_COLUMNS:
+        if name in columns:
+            raise ValueError(f"column {name!r} is reserved: pass it as stamps / ctrl_stamps")
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(f"write_stamp_file({path}): required columns missing: {missing}")
+
+    names: list[str] = []
+    arrays: list[pa.Array] = []
+    for name, values in columns.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"column names must be non-empty strings, got {name!r}")
+        arr = _column_array(name, values, n)
+        names.append(name)
+        arrays.append(arr)
+    for flag in ("is_control", "cutout_ok"):
+        _check_flag(flag, arrays[names.index(flag)])
+    sid = arrays[names.index("sample_id")]
+    if sid.null_count or len(pc.unique(sid)) != n:
+        raise ValueError("column 'sample_id': values must be non-null and unique within a file")
+
+    names.append(STAMP_COLUMN)
+    arrays.append(_stamp_array(stamps))
+    if ctrl_stamps is not None:
+        names.append(CTRL_STAMP_COLUMN)
+        arrays.append(_stamp_array(ctrl_stamps, ctrl_valid))
+    table = pa.Table.from_arrays(arrays, names=names)
+
+    # per-column options are keyed by Parquet leaf paths ("stamp.list.element")
+    compression: dict[str, str] = {}
+    meta_leaves: list[str] = []
+    for fld in table.schema:
+        leaves = _leaf_paths(fld.name, fld.type)
+        for leaf in leaves:
+            compression[leaf] = "none" if fld.name in STAMP_COLUMNS else "zstd"
+        if fld.name not in STAMP_COLUMNS:
+            meta_leaves += leaves
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            row_group_size=int(row_group_size),
+            compression=compression,
+            use_dictionary=meta_leaves,  # never dictionary-encode the stamp floats
+            write_statistics=meta_leaves,  # nor compute statistics over them
+            store_schema=True,
+        )
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _stamp_values(column: object, name: str) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Flat float32 pixel values of a stamp column, its null mask (or None), and N.
+
+    The values of null rows are unspecified (NaN or whatever backs the slot).
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if not isinstance(column, pa.Array):
+        raise ValueError(f"column {name!r}: expected an Arrow array, got {type(column).__name__}")
+    n = len(column)
+    nulls = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
+    if isinstance(column, pa.FixedSizeListArray):
+        size = column.type.list_size
+        values = column.values.slice(column.offset * size, n * size)
+    elif isinstance(column, (pa.ListArray, pa.LargeListArray)):
+        offsets = column.offsets.to_numpy(zero_copy_only=False)
+        lengths = np.diff(offsets)
+        if nulls is not None:
+            lengths = lengths[~nulls]
+        if n and (lengths.size and not np.all(lengths == lengths[0])):
+            raise ValueError(f"column {name!r}: rows have different list lengths")
+        if nulls is not None:
+            raise ValueError(f"column {name!r}: {int(nulls.sum())} null rows in a variable-size list")
+        size = int(lengths[0]) if lengths.size else 0
+        values = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    else:
+        raise ValueError(f"column {name!r}: expected a list<float32> column, got {column.type}")
+    if values.type != pa.float32():
+        raise ValueError(f"column {name!r}: expected float32 pixels, got {values.type}")
+    flat = values.to_numpy(zero_copy_only=False)  # zero copy when the child has no nulls
+    return flat, nulls, size
+
+
+def stamps_from_arrow(
+    array_or_column: object,
+    n_channels: int = 3,
+    size: int = STAMP_SIZE,
+    *,
+    name: str = STAMP_COLUMN,
+) -> np.ndarray:
+    """(N, n_channels, size, size) float32 view of a stamp column (no copy when possible).
+
+    Accepts an Arrow (Fixed)ListArray or ChunkedArray (chunks are combined). A null
+    row is an error naming the column. The result may be read-only (it views the
+    Arrow buffer): copy it before writing into it.
+    """
+    flat, nulls, list_size = _stamp_values(array_or_column, name)
+    if nulls is not None and nulls.any():
+        raise ValueError(f"column {name!r}: {int(nulls.sum())} null stamps")
+    want = int(n_channels) * int(size) * int(size)
+    n = len(array_or_column)
+    if list_size != want and n:
+        raise ValueError(
+            f"column {name!r}: list size {list_size} != {n_channels}*{size}*{size} = {want}"
+        )
+    return flat.reshape(n, int(n_channels), int(size), int(size))
+
+
+def stamps_and_valid(
+    array_or_column: object,
+    n_channels: int = 3,
+    size: int = STAMP_SIZE,
+    *,
+    name: str = STAMP_COLUMN,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`stamps_from_arrow` but null rows are allowed.
+
+    Returns (stamps, valid) where ``valid`` is a bool (N,) array; the pixels of
+    invalid rows are unspecified.
+    """
+    flat, nulls, list_size = _stamp_values(array_or_column, name)
+    want = int(n_channels) * int(size) * int(size)
+    n = len(array_or_column)
+    if list_size != want and n:
+        raise ValueError(
+            f"column {name!r}: list size {list_size} != {n_channels}*{size}*{size} = {want}"
+        )
+    valid = np.ones(n, dtype=bool) if nulls is None else ~nulls
+    return flat.reshape(n, int(n_channels), int(size), int(size)), valid
+
+
+def list_stamp_files(root: str | os.PathLike, split: str) -> list[str]:
+    """Sorted ``part-*.parquet`` files of ``<root>/<split>``; an error names the directory if none."""
+    directory = os.path.join(os.fspath(root), split)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"stamp directory {directory!r} does not exist")
+    files = sorted(glob.glob(os.path.join(directory, _PART_GLOB)))
+    if not files:
+        raise FileNotFoundError(f"no {_PART_GLOB} files in stamp directory {directory!r}")
+    return files
+
+
+def read_columns(files: Sequence[str] | str, columns: Iterable[str]) -> pa.Table:
+    """Concatenated metadata columns of ``files`` (in file order), never the stamp bytes.
+
+    A missing column is a ValueError naming the file and the column; asking for a
+    stamp column is a ValueError (use :func:`stamps_from_arrow` on a row group).
+    """
+    if isinstance(files, (str, os.PathLike)):
+        files = [os.fspath(files)]
+    columns = list(columns)
+    stamp_cols = [c for c in columns if c in STAMP_COLUMNS]
+    if stamp_cols:
+        raise ValueError(f"read_columns is for metadata only; got stamp columns {stamp_cols}")
+    if not files:
+        raise ValueError("read_columns: no files given")
+    tables = []
+    for f in files:
+        schema = pq.read_schema(f)
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise ValueError(f"{f}: required column(s) missing: {missing} (has {schema.names})")
+        tables.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(tables, promote_options="default")

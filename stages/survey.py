@@ -1,0 +1,14 @@
+"""Stage `survey`: write the embedded mock DR10 survey (sweeps, coadds, known lenses)."""
+
+from _common import setup
+
+from tqdm import tqdm
+
+from darkhaloscope.outputs import write_json
+from darkhaloscope.survey.mock import MockSurvey
+
+p = setup("survey")
+survey = MockSurvey(p["survey"]["mock"], bands=p["survey"]["bands"])
+summary = survey.write("data/survey", progress=lambda it: tqdm(it, desc="bricks", unit="brick"))
+write_json(summary, "metrics/survey.json")
+print(summary)

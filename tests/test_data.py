@@ -201,9 +201,10 @@ def test_exactly_once_across_ranks_and_workers(index, world, workers):
     assert (plan.sum(axis=1) > 0).all()
 
 
-def test_epoch_reaches_persistent_workers(index):
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_epoch_reaches_persistent_workers(index, context):
     ds = StampDataset(index, 16, NormConfig("outer"), shuffle=True, augment=True, seed=11)
-    loader = make_loader(ds, num_workers=2, persistent_workers=True)
+    loader = make_loader(ds, num_workers=2, persistent_workers=True, multiprocessing_context=context)
 
     def run():
         xs, ids = [], []

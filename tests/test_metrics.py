@@ -395,3 +395,27 @@ def test_per_group_auroc():
     assert type(rows[0]["group"]) is int
     assert rows[0]["auroc"] == pytest.approx(skm.roc_auc_score(y[:4], s[:4]))
     json.dumps(rows, allow_nan=False)
+
+
+@pytest.mark.parametrize("frac_pos", [0.03, 0.97])
+def test_class_imbalance_both_merge_directions(frac_pos):
+    rng = np.random.default_rng(13)
+    n = 3000
+    y = (rng.random(n) < frac_pos).astype(np.int64)
+    s = np.round(rng.normal(size=n) + y, 1)
+    fpr, tpr, thr = M.roc_curve(y, s)
+    f2, t2, th2 = skm.roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_array_equal(fpr, f2)
+    np.testing.assert_array_equal(tpr, t2)
+    np.testing.assert_array_equal(thr, th2)
+    fast = M.bootstrap_ci(y, s, "auroc", n_boot=20, seed=1)
+    slow = M.bootstrap_ci(y, s, M.auroc, n_boot=20, seed=1)
+    assert fast == pytest.approx(slow, abs=1e-12)
+
+
+def test_per_group_auroc_unorderable_groups():
+    y = np.array([1, 0, 1, 0])
+    s = np.array([0.9, 0.1, 0.2, 0.8])
+    rows = M.per_group_auroc(y, s, np.array([None, None, "x", "x"], dtype=object))
+    assert [r["group"] for r in rows] == [None, "x"]
+    assert [r["auroc"] for r in rows] == [1.0, 0.0]

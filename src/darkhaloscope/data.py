@@ -23,7 +23,6 @@ Pieces:
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import random
 from dataclasses import dataclass, field
@@ -106,22 +105,40 @@ def outer_pixel_index(height: int, width: int, outer_radius: float) -> np.ndarra
     return idx
 
 
+def _middle(s: np.ndarray) -> np.ndarray:
+    """Median of rows already sorted along the last axis (mean of the two middle values if even)."""
+    n = s.shape[-1]
+    if n % 2:
+        return s[..., n // 2].copy()
+    return (s[..., n // 2 - 1] + s[..., n // 2]) * s.dtype.type(0.5)
+
+
 def robust_stats(x: np.ndarray, cfg: NormConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample, per-channel (median, MAD) of ``x`` (B, C, H, W); each (B, C)."""
+    """Per-sample, per-channel (median, MAD) of ``x`` (B, C, H, W); each (B, C).
+
+    Statistics over all pixels (``full``) or the pixels at radius >= ``outer_radius``
+    from the centre (``outer``). Computed by sorting (numpy's SIMD sort is ~3x faster
+    than ``np.median``'s partition here); a NaN anywhere in the pixels gives NaN.
+    """
     x = np.asarray(x)
     if x.ndim != 4:
         raise ValueError(f"expected (B, C, H, W), got shape {x.shape}")
     b, c, h, w = x.shape
     flat = x.reshape(b, c, h * w)
     if cfg.method == "full":
-        sel, own = flat, False
+        srt = np.sort(flat, axis=-1)
     elif cfg.method == "outer":
-        sel, own = flat[..., outer_pixel_index(h, w, float(cfg.outer_radius))], True
+        srt = np.take(flat, outer_pixel_index(h, w, float(cfg.outer_radius)), axis=-1)
+        srt.sort(axis=-1)
     else:  # pragma: no cover - NormConfig validates
         raise ValueError(f"unknown norm method {cfg.method!r}; valid: {list(NORM_METHODS)}")
-    med = np.median(sel, axis=-1, keepdims=True, overwrite_input=own)
-    mad = np.median(np.abs(sel - med), axis=-1, keepdims=True, overwrite_input=True)
-    return med[..., 0], mad[..., 0]
+    med = _middle(srt)
+    med[np.isnan(srt[..., -1])] = np.nan  # sort puts NaN last
+    dev = np.subtract(srt, med[..., None], out=srt)
+    np.abs(dev, out=dev)
+    dev.sort(axis=-1)
+    mad = _middle(dev)
+    return med, mad
 
 
 def normalize(x: np.ndarray, cfg: NormConfig) -> np.ndarray:
@@ -293,7 +310,7 @@ class StampIndex:
         rg_starts: list[np.ndarray] = []
         n_read = 0
         for fi, path in enumerate(files):
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path, memory_map=True)
             names = pf.schema_arrow.names
             for c in required:
                 if c not in names:
@@ -443,7 +460,7 @@ class StampDataset(IterableDataset):
     ``shuffle=False, augment=False`` is the evaluation mode: in one process
     (``num_workers=0``, world size 1) rows come in file order, deterministically.
 
-    The epoch lives in shared memory (``multiprocessing.Value``) created here, so
+    The epoch lives in a shared-memory tensor created here, so
     :meth:`set_epoch` in the parent reaches already-running persistent workers
     at the start of their next iteration.
     """
@@ -494,7 +511,8 @@ class StampDataset(IterableDataset):
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.buffer_chunks = int(buffer_chunks)
-        self._epoch = multiprocessing.Value("i", 0)
+        # shared memory (fork and spawn alike): set_epoch reaches persistent workers
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         unchecked = [c for c in self.meta_cols if c not in index.meta_cols]
         if unchecked:
             vals = index.read_kept_columns(unchecked)
@@ -509,12 +527,11 @@ class StampDataset(IterableDataset):
     # -- epoch ---------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch used by the next iteration (also in persistent workers)."""
-        with self._epoch.get_lock():
-            self._epoch.value = int(epoch)
+        self._epoch.fill_(int(epoch))
 
     @property
     def epoch(self) -> int:
-        return int(self._epoch.value)
+        return int(self._epoch[0])
 
     # -- sizes ---------------------------------------------------------------------
     @property
@@ -592,12 +609,12 @@ class StampDataset(IterableDataset):
         meta = part["meta"]
         if self.meta_cols and self.meta_scaler is not None:
             meta = np.asarray(self.meta_scaler.transform(meta))
-        meta = np.ascontiguousarray(meta, dtype=np.float32)
+        meta = np.array(meta, dtype=np.float32, order="C")
         return (
             torch.from_numpy(np.ascontiguousarray(x)),
-            torch.from_numpy(np.ascontiguousarray(part["y"])),
+            torch.from_numpy(np.array(part["y"], dtype=np.float32)),  # copies: never a read-only view
             torch.from_numpy(meta),
-            torch.from_numpy(np.ascontiguousarray(part["sid"])),
+            torch.from_numpy(np.array(part["sid"], dtype=np.int64)),
         )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -620,7 +637,7 @@ class StampDataset(IterableDataset):
                     ch = self.index.chunks[int(cid)]
                     pf = files.get(ch.file_idx)
                     if pf is None:
-                        pf = files[ch.file_idx] = pq.ParquetFile(self.index.files[ch.file_idx])
+                        pf = files[ch.file_idx] = pq.ParquetFile(self.index.files[ch.file_idx], memory_map=True)
                     parts.append(self._read_chunk(pf, ch))
                 pool = parts[0] if len(parts) == 1 else {
                     k: np.concatenate([p[k] for p in parts]) for k in parts[0]

@@ -241,8 +241,9 @@ class MockSurvey:
         lens_row = None
         if index in set(self.lens_bricks.tolist()):
             lens_row = int(np.flatnonzero(obj["kind"] == "lrg")[0])
-            obj["x"][lens_row] = rng.uniform(120, n - 120)
-            obj["y"][lens_row] = rng.uniform(120, n - 120)
+            margin = min(120, n // 4)  # 120 px from the edges; less on bricks under 240 px
+            obj["x"][lens_row] = rng.uniform(margin, n - margin)
+            obj["y"][lens_row] = rng.uniform(margin, n - margin)
             obj["type"][lens_row] = "DEV"
             obj["sersic"][lens_row] = 4.0
             for key, val in (("zmag", rng.uniform(18.0, 19.2)), ("rz", rng.uniform(1.2, 1.7)),

@@ -1,0 +1,158 @@
+"""Phase 5 evaluation: eval.json, stratified completeness, shortcut audit, known lenses, galleries.
+
+Conventions: labels 1 = lens (injected or known), 0 = control; scores are
+sigmoid(float32 logit) in float64. Test-set rates come with their counts and
+bootstrap 95% intervals (see :func:`darkhaloscope.metrics.summary`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from . import metrics as M
+from .checkpoint import model_from_checkpoint
+from .data import normalize
+from .gallery import rgb, save_figure
+from .saliency import grad_cam
+from .stamp_format import stamps_from_arrow
+
+THETA_BINS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5001)   # arcsec (the seeds' --theta_bins)
+RES_BINS = (0.0, 0.5, 0.7, 0.9, 1.1, 1.4, 2.0, 5.0)           # theta_E / PSF FWHM (seeds' --res_bins, widened)
+SNR_BINS = (0.0, 3.0, 5.0, 7.0, 10.0, 20.0, 50.0, 1e9)        # peak arc S/N per pixel
+CORE_RADIUS = 4.0  # pixels: the "central core" aperture of the shortcut audit
+
+
+def _col(t: pa.Table, name: str) -> np.ndarray:
+    return t.column(name).to_numpy(zero_copy_only=False)
+
+
+def calibration(val: pa.Table, test: pa.Table) -> dict:
+    """ECE on test before and after Platt scaling fitted on val logits."""
+    a, b = M.fit_platt(_col(val, "logit"), _col(val, "label"))
+    y, s = _col(test, "label"), _col(test, "score")
+    return {"ece": M.ece(y, s), "ece_platt": M.ece(y, M.apply_platt(_col(test, "logit"), a, b)),
+            "platt_a": float(a), "platt_b": float(b)}
+
+
+def val_thresholds(val: pa.Table, targets=(1e-3, 1e-4, 1e-2)) -> dict:
+    """Score thresholds realising tpr@fpr targets on val: {'fpr1e-3': t, ...}."""
+    y, s = _col(val, "label"), _col(val, "score")
+    return {M.metric_name("tpr@fpr", t).split("@")[1]: float(M.threshold_at_fpr(y, s, t)) for t in targets}
+
+
+def known_lens_recall(known: pa.Table, thresholds: dict) -> dict:
+    """Recall of the known lenses at val-derived thresholds (the seeds' anchor baseline)."""
+    s = _col(known, "score") if known.num_rows else np.zeros(0)
+    out = {"known_n": int(len(s))}
+    for name, t in thresholds.items():
+        k = int((s >= t).sum()) if math.isfinite(t) else 0
+        out[f"known_recall@{name}"] = k / len(s) if len(s) else None
+        out[f"known_recall@{name}_n_found"] = k
+    return out
+
+
+def stratified_rows(test: pa.Table, thresholds: dict) -> list[dict]:
+    """Completeness per theta_E, theta_E/PSF and arc-S/N bin at the given thresholds."""
+    y, s = _col(test, "label"), _col(test, "score")
+    rows = []
+    for col, bins in (("theta_e_arcsec", THETA_BINS), ("theta_e_over_psf", RES_BINS), ("arc_snr", SNR_BINS)):
+        if col not in test.column_names:
+            continue
+        for r in M.stratified_table(y, s, _col(test, col).astype(float), bins, thresholds):
+            rows.append({"stratum": col, **r})
+    return rows
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+
+
+def trivial_features(stamps: np.ndarray, norm) -> np.ndarray:
+    """Per stamp: core flux (r < 4 px) and total flux per band, and the clipped-pixel fraction."""
+    n, c, h, w = stamps.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    core = ((yy - h // 2) ** 2 + (xx - w // 2) ** 2) <= CORE_RADIUS**2
+    feats = [stamps[:, :, core].sum(axis=2), stamps.reshape(n, c, -1).sum(axis=2)]
+    z = normalize(stamps, norm)
+    lo, hi = norm.clip
+    clipped = ((z <= lo) | (z >= hi)).reshape(n, -1).mean(axis=1, keepdims=True)
+    return np.concatenate(feats + [clipped], axis=1)
+
+
+def shortcut_auroc(labels: np.ndarray, feats: np.ndarray, seed: int = 0) -> float | None:
+    """Cross-validated AUROC of a logistic regression on trivial features (positives vs controls).
+
+    Near 0.5: the trivial features do not separate the classes; near 1: a
+    classifier could score well without looking at arc morphology.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n_min = int(min(labels.sum(), len(labels) - labels.sum()))
+    if n_min < 5:
+        return None
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    cv = StratifiedKFold(n_splits=min(5, n_min), shuffle=True, random_state=seed)
+    p = cross_val_predict(clf, feats, labels, cv=cv, method="predict_proba")[:, 1]
+    return M.auroc(labels, p)
+
+
+def saliency_gallery(ckpt_path: str, stamps: np.ndarray, ctrl: np.ndarray | None, meta: np.ndarray | None,
+                     titles: list[str], path: str) -> None:
+    """Each stamp (colour composite) beside its Grad-CAM map for the lens logit."""
+    import matplotlib.pyplot as plt
+
+    model, pre = model_from_checkpoint(ckpt_path)
+    n = max(1, len(stamps))
+    fig, axes = plt.subplots(n, 2, figsize=(4.2, 2.1 * n), squeeze=False)
+    if len(stamps):
+        x = normalize(stamps, pre.norm)
+        if pre.input_channels == 6:
+            x = np.concatenate([x, normalize(ctrl, pre.norm)], axis=1)
+        m = torch.from_numpy(pre.meta_scaler.transform(meta)) if pre.meta_cols else None
+        cams = grad_cam(model, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), m)
+        for i in range(len(stamps)):
+            axes[i, 0].imshow(rgb(stamps[i]), origin="lower")
+            axes[i, 1].imshow(rgb(stamps[i]), origin="lower")
+            axes[i, 1].imshow(cams[i], origin="lower", cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+            axes[i, 0].set_ylabel(titles[i], fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_title("stamp", fontsize=8)
+    axes[0, 1].set_title("Grad-CAM (lens logit)", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def read_rows(files: list[str], ids, columns=()) -> dict:
+    """Stamps (and ctrl stamps, columns) of the given sample ids from stamp files."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    want = pa.array(np.asarray(ids, dtype=np.int64))
+    parts = []
+    for f in files:
+        t = pq.read_table(f)
+        parts.append(t.filter(pc.is_in(t.column("sample_id"), value_set=want)))
+    t = pa.concat_tables(parts)
+    order = {int(s): i for i, s in enumerate(np.asarray(ids))}
+    t = t.take(np.argsort([order[int(s)] for s in _col(t, "sample_id")]))
+    out = {"stamp": stamps_from_arrow(t.column("stamp"))}
+    if "ctrl_stamp" in t.column_names and t.column("ctrl_stamp").null_count == 0:
+        out["ctrl_stamp"] = stamps_from_arrow(t.column("ctrl_stamp"))
+    for c in columns:
+        out[c] = _col(t, c)
+    return out

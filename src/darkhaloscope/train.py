@@ -1,0 +1,297 @@
+"""Phase 5 training loop: curriculum stages, early stopping, checkpoints, exact resume.
+
+One readable loop (``fit_stage``) with small helpers beside it (checkpoint I/O in
+:mod:`darkhaloscope.checkpoint`, evaluation in ``evaluate_scores``). Scores are
+sigmoids of float32 logits (bf16 sigmoids create ties). On CUDA the forward pass
+runs under bf16 autocast; on CPU everything is float32 and deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import metrics as M
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .data import NormConfig, StampDataset, StampIndex, make_loader
+from .losses import build_loss
+from .models import MetaScaler, build_model, check_meta_cols
+from .stamp_format import list_stamp_files
+
+log = logging.getLogger(__name__)
+
+FPR_TARGETS = (1e-5, 1e-4, 1e-3, 1e-2)
+TPR_TARGETS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
+COLLAPSE_FRAC = 0.5  # binary_score_frac above this is a calibration-collapse warning (seeds C1/C4)
+
+
+@dataclass
+class Setup:
+    """What a training run needs besides the data: from params.yaml's `train`, `loss`, `focal`."""
+
+    arch: str
+    width: int
+    input_channels: int
+    dropout: float
+    meta_cols: tuple
+    norm: NormConfig
+    augment: bool
+    batch_size: int
+    num_workers: int
+    weight_decay: float
+    scheduler: str
+    t0: int
+    t_mult: int
+    eta_min: float
+    grad_clip: float
+    loss: str
+    focal_alpha: float
+    focal_gamma: float
+    label_smoothing: float
+    pos_weight: float
+    monitor: str
+    patience: int
+    min_delta: float
+    seed: int
+    curriculum: list
+
+    @classmethod
+    def from_params(cls, p: dict) -> "Setup":
+        t = p["train"]
+        check_meta_cols(list(t["meta_cols"]))  # seeds' E1: refuse label-derived metadata up front
+        return cls(
+            arch=t["arch"], width=int(t["width"]), input_channels=int(t["input_channels"]),
+            dropout=float(t["dropout"]), meta_cols=tuple(t["meta_cols"]),
+            norm=NormConfig(method=t["norm_method"], outer_radius=float(t["norm_outer_radius"]),
+                            clip=tuple(float(c) for c in t["clip"])),
+            augment=bool(t["augment"]), batch_size=int(t["batch_size"]), num_workers=int(t["num_workers"]),
+            weight_decay=float(t["weight_decay"]), scheduler=t["scheduler"], t0=int(t["t0"]),
+            t_mult=int(t["t_mult"]), eta_min=float(t["eta_min"]), grad_clip=float(t["grad_clip"]),
+            loss=p["loss"], focal_alpha=float(p["focal"]["alpha"]), focal_gamma=float(p["focal"]["gamma"]),
+            label_smoothing=float(t["label_smoothing"]), pos_weight=float(t["pos_weight"]),
+            monitor=t["monitor"], patience=int(t["patience"]), min_delta=float(t["min_delta"]),
+            seed=int(t["seed"]), curriculum=list(t["curriculum"]),
+        )
+
+    def fingerprint(self) -> str:
+        """Hash of every setting; a checkpoint only resumes a run with the same fingerprint."""
+        d = {k: (v.to_dict() if isinstance(v, NormConfig) else v) for k, v in self.__dict__.items()}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def device_and_amp() -> tuple[torch.device, torch.dtype | None]:
+    """CUDA with bf16 autocast when available, else CPU float32."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), None
+
+
+def predict(model, loader, device, amp_dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sample_ids, labels, float32 logits) over a loader, in loader order."""
+    model.eval()
+    ids, ys, logits = [], [], []
+    with torch.no_grad():
+        for x, y, meta, sid in loader:
+            x, meta = x.to(device, non_blocking=True), meta.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(x, meta if meta.shape[1] else None)
+            logits.append(out.float().cpu().numpy())
+            ys.append(y.numpy())
+            ids.append(sid.numpy())
+    return np.concatenate(ids), np.concatenate(ys).astype(np.int8), np.concatenate(logits).astype(np.float32)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """float64 sigmoid of float32 logits (no bf16 ties)."""
+    z = logits.astype(np.float64)
+    return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
+
+
+def evaluate_scores(labels: np.ndarray, scores: np.ndarray, logits: np.ndarray, loss_fn) -> dict:
+    """The seeds' per-epoch evaluation fields (history.json)."""
+    out = {"n_eval": int(len(labels)), "pos_eval": int(labels.sum()), "neg_eval": int((1 - labels).sum())}
+    with torch.no_grad():
+        out["val_loss"] = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(labels.astype(np.float32))))
+    if out["pos_eval"] and out["neg_eval"]:
+        out["auroc"] = M.auroc(labels, scores)
+        for t in FPR_TARGETS:
+            out[M.metric_name("tpr@fpr", t)] = M.tpr_at_fpr(labels, scores, t)
+        for t in TPR_TARGETS:
+            out[M.metric_name("fpr@tpr", t)] = M.fpr_at_tpr(labels, scores, t)
+    out["binary_score_frac"] = M.binary_score_frac(scores)
+    out["calibration_collapse_warning"] = bool(out["binary_score_frac"] > COLLAPSE_FRAC)
+    neg, pos = np.sort(scores[labels == 0])[::-1], np.sort(scores[labels == 1])
+    out["top50_neg_scores"] = [float(s) for s in neg[:50]]
+    out["bottom50_pos_scores"] = [float(s) for s in pos[:50]]
+    return out
+
+
+def _scheduler(opt, setup: Setup, epochs: int):
+    if setup.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=setup.eta_min)
+    if setup.scheduler == "cosine_warm_restarts":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=setup.t0, T_mult=setup.t_mult,
+                                                                    eta_min=setup.eta_min)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def improved(value: float, best: float | None, monitor: str, min_delta: float) -> bool:
+    """Early-stopping comparison: val_loss is minimised, every other monitor maximised."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    if monitor == "val_loss":
+        return value < best - min_delta
+    return value > best + min_delta
+
+
+def build_index(files, setup: Setup, stage: dict | None):
+    return StampIndex.build(
+        files,
+        min_theta_over_psf=float(stage["min_theta_over_psf"]) if stage else 0.0,
+        min_arc_snr=float(stage["min_arc_snr"]) if stage else 0.0,
+        require_ctrl=setup.input_channels == 6,
+        meta_cols=setup.meta_cols,
+    )
+
+
+def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_from: str | None,
+              resume: bool = True, progress: bool = True) -> dict:
+    """Train one curriculum stage into ``out_dir`` (best.pt, last.pt, history.json); return its summary."""
+    os.makedirs(out_dir, exist_ok=True)
+    device, amp = device_and_amp()
+    torch.manual_seed(setup.seed)
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    tr_index = build_index(list_stamp_files(stamps_root, "train"), setup, stage)
+    va_index = build_index(list_stamp_files(stamps_root, "val"), setup, None)
+    scaler = None
+    if setup.meta_cols:
+        scaler = MetaScaler.fit(tr_index.read_kept_columns(list(setup.meta_cols)), list(setup.meta_cols))
+    model = build_model(setup.arch, setup.input_channels, setup.dropout, len(setup.meta_cols), setup.width)
+    if init_from:
+        model.load_state_dict(load_checkpoint(init_from)["model_state"])
+        log.info("stage %s starts from %s", stage["name"], init_from)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=float(stage["lr"]), weight_decay=setup.weight_decay)
+    sched = _scheduler(opt, setup, int(stage["epochs"]))
+    loss_fn = build_loss(setup.loss, focal_alpha=setup.focal_alpha, focal_gamma=setup.focal_gamma,
+                         label_smoothing=setup.label_smoothing, pos_weight=setup.pos_weight)
+    eval_loss = build_loss(setup.loss, focal_alpha=setup.focal_alpha, focal_gamma=setup.focal_gamma,
+                           pos_weight=setup.pos_weight)
+    train_ds = StampDataset(tr_index, setup.batch_size, setup.norm, setup.input_channels, setup.meta_cols,
+                            scaler, shuffle=True, augment=setup.augment, seed=setup.seed)
+    val_ds = StampDataset(va_index, max(256, setup.batch_size), setup.norm, setup.input_channels,
+                          setup.meta_cols, scaler, shuffle=False, augment=False, seed=setup.seed,
+                          rank=0, world_size=1)
+    train_loader = make_loader(train_ds, setup.num_workers, persistent_workers=setup.num_workers > 0)
+    val_loader = make_loader(val_ds, 0)
+
+    fp = setup.fingerprint() + ":" + json.dumps(stage, sort_keys=True) + f":{init_from is not None}"
+    state = {"epoch": 0, "best": None, "best_epoch": -1, "bad_epochs": 0, "history": [], "stopped_early": False}
+    last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
+    if resume and os.path.exists(last_path):
+        ck = load_checkpoint(last_path)
+        if ck.get("fingerprint") == fp and os.path.exists(best_path):
+            model.load_state_dict(ck["model_state"])
+            opt.load_state_dict(ck["optimizer_state"])
+            sched.load_state_dict(ck["scheduler_state"])
+            torch.set_rng_state(ck["torch_rng"])
+            state = ck["train_state"]
+            log.info("resumed stage %s from %s at epoch %d", stage["name"], last_path, state["epoch"])
+        else:
+            log.info("ignoring %s: it belongs to a different configuration", last_path)
+
+    extra = {"norm": setup.norm.to_dict(), "meta_cols": list(setup.meta_cols),
+             "meta_scaler": scaler.state_dict() if scaler else None, "input_channels": setup.input_channels,
+             "stage": stage["name"], "fingerprint": fp, "index_train": tr_index.summary(),
+             "index_val": va_index.summary()}
+    epochs = int(stage["epochs"])
+    while state["epoch"] < epochs and not state["stopped_early"]:
+        epoch = state["epoch"]
+        train_ds.set_epoch(epoch)
+        model.train()
+        tot, n, gnorms = 0.0, 0, []
+        bar = tqdm(train_loader, desc=f"{stage['name']} epoch {epoch}", unit="batch", disable=not progress,
+                   leave=False, mininterval=10)
+        for x, y, meta, _ in bar:
+            x, y, meta = x.to(device), y.to(device), meta.to(device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = model(x, meta if meta.shape[1] else None)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                setup.grad_clip if setup.grad_clip > 0 else float("inf"))
+            gnorms.append(float(gn))
+            opt.step()
+            tot += loss.item() * len(y)
+            n += len(y)
+            bar.set_postfix(loss=f"{tot / max(n, 1):.4f}")
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        ids, labels, logits = predict(model, val_loader, device, amp)
+        rec = {"stage": stage["name"], "epoch": epoch, "train_loss": tot / max(n, 1), "train_samples": n,
+               "lr": lr, "grad_norm_mean": float(np.mean(gnorms)) if gnorms else 0.0,
+               "grad_norm_max": float(np.max(gnorms)) if gnorms else 0.0,
+               **evaluate_scores(labels, sigmoid(logits), logits, eval_loss)}
+        if rec["calibration_collapse_warning"]:
+            log.warning("epoch %d: binary_score_frac %.3f > %.2f: calibration collapse (seeds C1/C4)",
+                        epoch, rec["binary_score_frac"], COLLAPSE_FRAC)
+        value = rec.get(setup.monitor)
+        if setup.monitor not in rec:
+            raise ValueError(f"train.monitor {setup.monitor!r} is not an evaluation field; valid: "
+                             f"{', '.join(k for k in rec if not isinstance(rec[k], list))}")
+        state["history"].append(rec)
+        if improved(value, state["best"], setup.monitor, setup.min_delta):
+            state.update(best=value, best_epoch=epoch, bad_epochs=0)
+            save_checkpoint(best_path, model, extra={**extra, "epoch": epoch, "metrics": rec})
+        else:
+            state["bad_epochs"] += 1
+            if state["bad_epochs"] >= setup.patience:
+                state["stopped_early"] = True
+        state["epoch"] = epoch + 1
+        log.info("%s epoch %d: train_loss %.4f val_loss %.4f auroc %s %s %s", stage["name"], epoch,
+                 rec["train_loss"], rec["val_loss"], _fmt(rec.get("auroc")), setup.monitor, _fmt(value))
+        save_checkpoint(last_path, model, extra={**extra, "epoch": epoch, "metrics": rec,
+                                                 "optimizer_state": opt.state_dict(),
+                                                 "scheduler_state": sched.state_dict(),
+                                                 "torch_rng": torch.get_rng_state(), "train_state": state})
+    if not os.path.exists(best_path):
+        raise RuntimeError(f"stage {stage['name']}: no epoch produced a finite {setup.monitor}; no best.pt")
+    return {"stage": stage["name"], "best_epoch": state["best_epoch"], "best_" + setup.monitor: state["best"],
+            "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "history": state["history"],
+            "train_index": tr_index.summary(), "val_index": va_index.summary()}
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def train(params: dict, stamps_root: str, out_dir: str, resume: bool = True, progress: bool = True) -> dict:
+    """Run every curriculum stage; each starts from the previous stage's best.pt.
+
+    Writes ``out_dir/<stage>/{best,last}.pt`` and returns the per-stage summaries;
+    ``out_dir/best.pt`` is a copy of the final stage's best checkpoint.
+    """
+    setup = Setup.from_params(params)
+    stages, prev = [], None
+    for stage in setup.curriculum:
+        res = fit_stage(setup, stage, stamps_root, os.path.join(out_dir, stage["name"]), prev, resume, progress)
+        stages.append(res)
+        prev = os.path.join(out_dir, stage["name"], "best.pt")
+    import shutil
+
+    shutil.copyfile(prev, os.path.join(out_dir, "best.pt"))
+    return {"stages": stages}
+
+
+__all__ = ["Setup", "train", "fit_stage", "predict", "sigmoid", "evaluate_scores", "model_from_checkpoint"]

@@ -1,0 +1,17 @@
+"""Stage `train` (Phase 5): curriculum training with early stopping; checkpoints in data/model."""
+
+import os
+
+from _common import setup
+
+from darkhaloscope.outputs import write_json
+from darkhaloscope.train import train
+
+p = setup("train")
+res = train(p, "data/stamps", "data/model", resume=os.environ.get("DHS_RESUME", "1") == "1")
+history = [rec for st in res["stages"] for rec in st["history"]]
+write_json(history, "metrics/history.json")
+write_json([{k: r.get(k) for k in ("stage", "epoch", "train_loss", "val_loss", "auroc", p["train"]["monitor"], "lr")}
+            | {"step": i} for i, r in enumerate(history)], "metrics/plots/train_curve.json")
+summary = {st["stage"]: {k: v for k, v in st.items() if k not in ("history", "stage")} for st in res["stages"]}
+write_json(summary, "metrics/train.json")

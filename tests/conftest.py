@@ -1,0 +1,51 @@
+"""Shared fixtures of the data-half tests: the repository root, the shipped params and
+a tiny mock-survey configuration."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shipped_params_raw() -> dict:
+    """params.yaml as parsed YAML (not validated), never mutated: copy before changing."""
+    with open(REPO / "params.yaml") as f:
+        return yaml.safe_load(f)
+
+
+@pytest.fixture
+def params(shipped_params_raw) -> dict:
+    """A private deep copy of the shipped params, free to modify."""
+    return copy.deepcopy(shipped_params_raw)
+
+
+@pytest.fixture
+def inj(params) -> dict:
+    """The shipped `inject` section (stamp 64 px, 0.262 arcsec/px, Moffat PSF)."""
+    return params["inject"]
+
+
+TINY_MOCK = {
+    "seed": 3, "n_bricks_ra": 2, "n_bricks_dec": 1, "ra0_deg": 150.0, "dec0_deg": 0.5,
+    "spacing_deg": 1.0, "brick_size_pix": 200, "n_lrg_per_brick": 5, "n_blue_per_brick": 2,
+    "n_star_per_brick": 2, "companion_frac": 0.0, "n_known_lenses": 1, "edge_frac": 0.0,
+    "moffat_beta": 3.5, "psf_fwhm_r": [0.9, 1.8], "depth_r": [23.3, 24.0], "n_mask_trails": 1,
+    "psfsize_zero_bricks": 1,
+}
+
+
+@pytest.fixture
+def tiny_mock() -> dict:
+    """survey.mock for a 2x1-brick, 200-pixel survey with a few objects."""
+    return copy.deepcopy(TINY_MOCK)

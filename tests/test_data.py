@@ -225,6 +225,19 @@ def test_epoch_reaches_persistent_workers(index, context):
     assert torch.equal(x0b, x0)  # augmentation is reproducible too
 
 
+def test_chunk_order_per_epoch(index):
+    a = StampDataset(index, 16, NormConfig("full"), shuffle=True, seed=3, rank=0, world_size=2)
+    b = StampDataset(index, 16, NormConfig("full"), shuffle=True, seed=3, rank=1, world_size=2)
+    n = len(index.chunks)
+    assert sorted(a.chunk_order(0).tolist()) == list(range(n))
+    np.testing.assert_array_equal(a.chunk_order(4), b.chunk_order(4))  # same plan on every rank
+    assert not np.array_equal(a.chunk_order(0), a.chunk_order(1))  # new plan each epoch
+    assert not np.array_equal(a.chunk_order(0), np.arange(n))
+    ev = StampDataset(index, 16, NormConfig("full"), shuffle=False)
+    np.testing.assert_array_equal(ev.chunk_order(0), np.arange(n))
+    np.testing.assert_array_equal(ev.chunk_order(7), np.arange(n))
+
+
 def test_loader_does_not_touch_global_rng(index):
     ds = StampDataset(index, 32, NormConfig("outer"), shuffle=True, augment=True, seed=1)
     torch.manual_seed(123)

@@ -276,6 +276,7 @@ class StampIndex:
         min_arc_snr: float = 0.0,
         require_ctrl: bool = False,
         meta_cols: Sequence[str] = (),
+        require_both_classes: bool = True,
     ) -> "StampIndex":
         """One pass over ``files`` (row group by row group) deciding the kept rows.
 
@@ -286,7 +287,9 @@ class StampIndex:
         (a threshold of 0 or less disables that filter; controls are never dropped
         by them). Each dropped row is counted once, under the first failing reason
         in :data:`DROP_REASONS` order. No row left, or no positive, or no negative
-        left, is a ValueError naming the files and the filters.
+        left (the latter two only with ``require_both_classes``, which scoring of
+        a one-class set such as known lenses turns off), is a ValueError naming
+        the files and the filters.
         """
         files = [os.fspath(f) for f in files]
         if not files:
@@ -393,9 +396,9 @@ class StampIndex:
         problem = None
         if index.n_samples == 0:
             problem = "no row is left"
-        elif index.n_positive == 0:
+        elif index.n_positive == 0 and require_both_classes:
             problem = "no positive (injected) row is left"
-        elif index.n_negative == 0:
+        elif index.n_negative == 0 and require_both_classes:
             problem = "no negative (control) row is left"
         if problem:
             raise ValueError(

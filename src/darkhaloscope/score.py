@@ -25,7 +25,8 @@ def score_files(ckpt_path: str, files: list[str], batch_size: int = 256) -> tupl
     model, pre = model_from_checkpoint(ckpt_path)
     device, amp = device_and_amp()
     model.to(device)
-    index = StampIndex.build(files, require_ctrl=pre.input_channels == 6, meta_cols=pre.meta_cols)
+    index = StampIndex.build(files, require_ctrl=pre.input_channels == 6, meta_cols=pre.meta_cols,
+                             require_both_classes=False)
     ds = StampDataset(index, batch_size, pre.norm, pre.input_channels, pre.meta_cols, pre.meta_scaler,
                       shuffle=False, augment=False, rank=0, world_size=1)
     ids, labels, logits = predict(model, make_loader(ds, 0), device, amp)

@@ -39,9 +39,8 @@ are then re-rendered on a finer sub-grid that resolves the source's core,
 because a coarse grid point-samples the cusp of a compact exponential source
 (flux errors of 1-9% at ``src_reff`` 0.05-0.1 arcsec and ``supersample = 4``);
 see :class:`ArcRenderer`. The result is the UNCONVOLVED lensed flux per pixel
-(nanomaggies). The lensed flux is never
-renormalised: ``magnification = image.sum() / src_flux`` (flux inside the
-stamp only).
+(nanomaggies). The lensed flux is never renormalised:
+``magnification = image.sum() / src_flux`` (flux inside the stamp only).
 
 The three bands (g, r, z) share the source shape and differ only in flux, so
 the lensed image is computed once for unit source flux
@@ -294,6 +293,9 @@ class ArcRenderer:
     ) -> np.ndarray:
         """Unconvolved lensed image (n_pix x n_pix, float64) of a source of unit unlensed flux.
 
+        Parameters as in :func:`render_arc` (arcsec, degrees; ``center`` in
+        pixels). The deflection is computed once on the ``supersample`` grid
+        (plus, if ``adaptive``, once more for the refined bright pixels).
         Multiply by a band's source flux (nanomaggies) to get that band's
         unconvolved arc in nanomaggies per pixel; ``.sum()`` is the
         magnification (flux inside the stamp).
@@ -403,7 +405,7 @@ def render_arc(
         ``src_flux`` -- the unlensed source flux (nanomaggies).
     """
     flux = _finite("src_flux", src_flux)
-    renderer = get_renderer(int(n_pix), float(pixel_scale), int(supersample), bool(adaptive))
+    renderer = get_renderer(n_pix, pixel_scale, supersample, bool(adaptive))
     unit = renderer.lensed_unit_image(
         theta_e, lens_q, lens_phi_deg, gamma1, gamma2,
         src_x, src_y, src_reff, src_e, src_phi_deg,
@@ -519,7 +521,7 @@ def render_stamp(
     r = (
         renderer
         if renderer is not None
-        else get_renderer(int(n_pix), float(pixel_scale), int(supersample), bool(adaptive))
+        else get_renderer(n_pix, pixel_scale, supersample, bool(adaptive))
     )
     unit = r.lensed_unit_image(
         theta_e, lens_q, lens_phi_deg, gamma1, gamma2,

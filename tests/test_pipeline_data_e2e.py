@@ -1,0 +1,226 @@
+"""End-to-end test of the data half of the pipeline: `dvc repro stamps` in a temporary
+copy of the repository with a tiny mock survey, then no-op / forced re-runs and the
+Spark partitioning invariance of the stamp files.
+
+Never touches the working repository's outputs: everything runs under tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from darkhaloscope.spark_stamps import OUTPUT_COLUMNS
+from darkhaloscope.stamp_format import stamps_from_arrow
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+DATA_STAGES = ("survey", "parent", "manifest", "coadds", "stamps")
+SPLITS = ("train", "val", "test")
+GIT = ["git", "-c", "user.name=dhs-test", "-c", "user.email=dhs-test@example.invalid",
+       "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main"]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("DHS_PARAMS", None)
+    env.pop("PYTHONPATH", None)
+    env.pop("SPARK_HOME", None)
+    return env
+
+
+def run(cmd, cwd, timeout=300) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"{cmd} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    return res
+
+
+def dvc(args, cwd, timeout=300) -> str:
+    res = run([str(VENV_BIN / "dvc"), *args], cwd, timeout)
+    return res.stdout + res.stderr
+
+
+def tiny_params() -> dict:
+    with open(REPO / "params.yaml") as f:
+        p = yaml.safe_load(f)
+    p["survey"]["mock"].update(n_bricks_ra=2, n_bricks_dec=2, brick_size_pix=300, n_lrg_per_brick=25,
+                               n_known_lenses=2)
+    p["selection"]["split"]["nside"] = 1024   # ~3.4 arcmin regions, so the tiny sky has several
+    p["inject"]["files_per_split"] = 2
+    p["spark"]["master"] = "local[2]"
+    return p
+
+
+def lock_md5s(work: Path) -> dict:
+    lock = yaml.safe_load((work / "dvc.lock").read_text())
+    return {name: {o["path"]: o["md5"] for o in lock["stages"][name]["outs"]} for name in DATA_STAGES}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e") / "repo"
+    work.mkdir()
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for rel in [f for f in files.decode().split("\0") if f] + [".dvc/config"]:
+        src = REPO / rel
+        if src.is_file():  # a tracked file deleted in the working tree is skipped
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / rel)
+    # outputs of the working repository never travel: only tracked files were copied
+    assert not (work / "data" / "survey").exists()
+    with open(work / "params.yaml", "w") as f:
+        yaml.safe_dump(tiny_params(), f, sort_keys=False)
+    run(GIT + ["init", "-q"], work)
+    run(GIT + ["add", "-A"], work)
+    run(GIT + ["commit", "-q", "-m", "tiny e2e copy"], work)
+    out = dvc(["repro", "stamps"], work, timeout=400)
+    return work, out
+
+
+def test_stages_ran(pipeline):
+    work, out = pipeline
+    for stage in DATA_STAGES:
+        assert f"Running stage '{stage}'" in out, out[-3000:]
+    md5 = lock_md5s(work)
+    for stage in DATA_STAGES:
+        assert all(len(v) == 36 and v.endswith(".dir") for v in md5[stage].values()), md5[stage]
+    survey = json.loads((work / "metrics/survey.json").read_text())
+    assert survey == {"n_bricks": 4, "n_objects": survey["n_objects"], "n_known_lenses": 2, "brick_size_pix": 300}
+    assert len(list((work / "data/survey/coadd").rglob("*.fits.fz"))) == 4 * 3 * 2
+
+
+def test_parent_and_manifest_counts(pipeline):
+    work, _ = pipeline
+    parent = pq.read_table(work / "data/parent/parent.parquet")
+    pm = json.loads((work / "metrics/parent.json").read_text())
+    assert parent.num_rows == pm["n_parent"] > 20
+    assert sum(pm["splits"].values()) == pm["n_parent"]
+    assert pm["cuts"]["after_z_minus_w1_gt_0.8"] - sum(pm["duplicates_removed"].values()) == pm["n_parent"]
+    assert pm["cuts"]["input"] == json.loads((work / "metrics/survey.json").read_text())["n_objects"]
+    # parent rows satisfy the v3_color_relaxed cuts
+    t = {c: parent.column(c).to_numpy(zero_copy_only=False) for c in ("mag_r", "mag_z", "mag_w1", "type")}
+    assert (t["mag_z"] < 20.4).all() and (t["mag_r"] - t["mag_z"] > 0.4).all()
+    assert (t["mag_z"] - t["mag_w1"] > 0.8).all() and "PSF" not in set(t["type"])
+    assert pm["near_known_lens"] >= 2  # each known lens sits on a parent LRG
+    man = pq.read_table(work / "data/manifest/manifest.parquet")
+    mm = json.loads((work / "metrics/manifest.json").read_text())
+    assert man.num_rows == mm["n_rows"] == sum(mm["splits"][s]["rows"] for s in SPLITS)
+    split = np.asarray(man.column("split").to_pylist())
+    for s in SPLITS:
+        assert (split == s).sum() == mm["splits"][s]["rows"]
+        assert mm["splits"][s]["galaxies_in_both"] == 0
+    assert mm["excluded_near_known_lens"] == pm["near_known_lens"]
+    assert set(man.column("row_id").to_pylist()) <= set(parent.column("row_id").to_pylist())
+
+
+def test_stamp_files(pipeline):
+    work, _ = pipeline
+    man = pq.read_table(work / "data/manifest/manifest.parquet")
+    man_split = np.asarray(man.column("split").to_pylist())
+    man_sid = man.column("sample_id").to_numpy()
+    expected = list(OUTPUT_COLUMNS) + ["stamp"]
+    for col in ("stamp", "sample_id", "is_control", "cutout_ok", "theta_e_arcsec", "arc_snr", "magnification",
+                "theta_e_over_psf", "psf_fwhm_used_r", "psf_fallback", "fail_reason", "x_offset_pix"):
+        assert col in expected
+    stats = json.loads((work / "metrics/stamps.json").read_text())
+    n_nonempty = 0
+    for s in SPLITS:
+        files = sorted((work / "data/stamps" / s).glob("part-*.parquet"))
+        assert [f.name for f in files] == ["part-00000.parquet", "part-00001.parquet"]
+        sids, n = [], 0
+        for f in files:
+            t = pq.read_table(f)
+            assert t.column_names == expected
+            st = stamps_from_arrow(t.column("stamp"))
+            assert st.shape == (t.num_rows, 3, 64, 64) and st.dtype == np.float32
+            assert np.isfinite(st).all()
+            d = {c: t.column(c).to_numpy(zero_copy_only=False) for c in expected if c != "stamp"}
+            assert (np.diff(d["sample_id"]) > 0).all()
+            assert (d["sample_id"] % 2 == int(f.name[5:10])).all()   # file = sample_id mod files_per_split
+            ctrl, ok = d["is_control"] == 1, d["cutout_ok"] == 1
+            assert (d["theta_e_arcsec"][ctrl] == 0).all() and (d["arc_snr"][ctrl] == 0).all()
+            assert (d["magnification"][~ctrl & ok] > 1).all() and (d["arc_snr"][~ctrl & ok] > 0).all()
+            np.testing.assert_allclose(d["theta_e_over_psf"][~ctrl & ok],
+                                       d["theta_e_arcsec"][~ctrl & ok] / d["psf_fwhm_used_r"][~ctrl & ok])
+            assert set(d["fail_reason"][~ok]) <= {"off_brick_edge"}
+            assert not st[~ok].any() and all(st[i].std() > 0 for i in np.flatnonzero(ok))
+            assert (d["psf_fwhm_used_z"] > 0).all()
+            sids += d["sample_id"].tolist()
+            n += t.num_rows
+        assert n == (man_split == s).sum() == stats["splits"][s]["rows"]
+        assert sorted(sids) == sorted(man_sid[man_split == s].tolist())
+        n_nonempty += n > 0
+    assert n_nonempty >= 2
+    assert stats["n_rows"] == man.num_rows
+    # one brick reports PSFSIZE_Z = 0: its rows use the r-band FWHM and say so
+    assert sum(stats["splits"][s]["psf_fallback_rows"] for s in SPLITS) > 0
+    known = pq.read_table(work / "data/stamps/known/part-00000.parquet")
+    assert known.num_rows == 2 and known.column("cutout_ok").to_pylist() == [1, 1]
+    assert (work / "data/stamps/gallery.png").stat().st_size > 1000
+
+
+def test_second_repro_is_a_noop(pipeline):
+    work, _ = pipeline
+    before = lock_md5s(work)
+    out = dvc(["repro", "stamps"], work)
+    assert "Running stage" not in out
+    for stage in DATA_STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    assert "Data and pipelines are up to date" in out
+    status = dvc(["status"], work)
+    assert "Data and pipelines are up to date" in status, status
+    assert lock_md5s(work) == before
+
+
+SPARK_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, "src")
+    from darkhaloscope.params import load_params
+    from darkhaloscope.spark_stamps import run_stamps
+    p = load_params("params.yaml")
+    p["spark"]["master"], p["spark"]["partitions"] = sys.argv[2], int(sys.argv[3])
+    stats, _ = run_stamps("data/manifest/manifest.parquet", "data/coadds", sys.argv[1], p)
+    print("ROWS", sum(s["rows"] for s in stats))
+""")
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet"))}
+
+
+def test_spark_partitions_and_master_do_not_change_bytes(pipeline, tmp_path):
+    work, _ = pipeline
+    n_man = pq.read_metadata(work / "data/manifest/manifest.parquet").num_rows
+    outs = {}
+    for master, parts in (("local[1]", 1), ("local[2]", 5)):
+        out_dir = tmp_path / f"stamps_{parts}"
+        res = run([sys.executable, "-c", SPARK_SCRIPT, str(out_dir), master, str(parts)], work, timeout=240)
+        assert f"ROWS {n_man}" in res.stdout
+        outs[parts] = _files(out_dir)
+    assert sorted(outs[1]) == [f"{s}/part-0000{i}.parquet" for s in ("test", "train", "val") for i in (0, 1)]
+    assert outs[1] == outs[5]
+    # and the stage's own output (spark.partitions 8, local[2]) has the same bytes
+    stage = {k: v for k, v in _files(work / "data/stamps").items() if not k.startswith("known/")}
+    assert stage == outs[1]
+
+
+def test_forced_repro_reproduces_identical_md5s(pipeline):
+    work, _ = pipeline
+    before = lock_md5s(work)
+    out = dvc(["repro", "--force", "stamps"], work, timeout=400)
+    for stage in DATA_STAGES:
+        assert f"Running stage '{stage}'" in out, out[-3000:]
+    assert lock_md5s(work) == before

@@ -4,7 +4,14 @@ PY ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: venv repro test test-quick bench
+.PHONY: venv repro test test-quick bench gen remote
+
+# S3-compatible servers (older MinIO, Ceph RGW, ...) may reject the CRC32 checksums that
+# botocore >= 1.36 sends by default; only send/validate checksums where the API requires them.
+# Exported to every recipe (dvc push/pull, s3:// survey roots, make remote); a value already in
+# the environment wins.
+export AWS_REQUEST_CHECKSUM_CALCULATION ?= when_required
+export AWS_RESPONSE_CHECKSUM_VALIDATION ?= when_required
 
 venv: $(STAMP)
 
@@ -25,3 +32,19 @@ test-quick: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/metrics.py
+
+# make gen GEN=gen3 [SCALE=full] [EXTRA=overlay.yaml]: one committed, tagged generation run
+GEN ?=
+SCALE ?= cpu
+EXTRA ?=
+gen: $(STAMP)
+	@test -n "$(GEN)" || { echo "usage: make gen GEN=gen1|gen2|gen3|gen5_prime [SCALE=cpu|full]"; exit 2; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/gen.sh "$(GEN)" "$(SCALE)" "$(EXTRA)"
+
+# make remote ENDPOINT=http://host:port BUCKET=name [PREFIX=dvc] [REGION=...] [CREDENTIALS=local]
+# Default DVC remote `storage` = s3://BUCKET/PREFIX at ENDPOINT in .dvc/config (no secrets), then
+# checks the endpoint, the bucket (DVC never creates it) and the credentials; see scripts/remote.sh.
+PREFIX ?= dvc
+remote: $(STAMP)
+	ENDPOINT="$(ENDPOINT)" BUCKET="$(BUCKET)" PREFIX="$(PREFIX)" REGION="$(REGION)" \
+	CREDENTIALS="$(CREDENTIALS)" bash scripts/remote.sh

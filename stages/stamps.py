@@ -8,8 +8,9 @@ from _common import setup
 
 from darkhaloscope.gallery import injection_gallery
 from darkhaloscope.outputs import atomic_dir, write_json
+from darkhaloscope.selection import SPLITS
 from darkhaloscope.spark_stamps import run_stamps, write_file
-from darkhaloscope.stamps import known_lens_rows, process_brick
+from darkhaloscope.stamps import known_lens_rows, parent_rows, process_brick
 from darkhaloscope.survey.bricks import bricks_of, read_brick_table
 from darkhaloscope.survey.known_lenses import read_known_lenses
 
@@ -19,8 +20,11 @@ man = pq.read_table("data/manifest/manifest.parquet", columns=["sample_id", "spl
 sid, split, ctrl = (man.column(c).to_numpy(zero_copy_only=False) for c in ("sample_id", "split", "is_control"))
 gallery_ids = frozenset(np.sort(sid[(split == "train") & (ctrl == 0)])[: inj["gallery_n"]].tolist())
 
+rows = pq.read_table("data/manifest/manifest.parquet").to_pylist()
+rows += parent_rows(pq.read_table("data/parent/parent.parquet"), rows, p["seed"])
+
 with atomic_dir("data/stamps") as out:
-    stats, gallery = run_stamps("data/manifest/manifest.parquet", "data/coadds", out, p, gallery_ids)
+    stats, gallery = run_stamps(rows, "data/coadds", out, p, gallery_ids, SPLITS + ("parent",))
     # the survey's known lenses, cut (never injected) for the known-lens check in `evaluate`
     known = read_known_lenses(sv["root"], sv["known_lenses"])
     rows, n_nobrick = known_lens_rows(known, bricks_of(read_brick_table(sv["root"]), known["ra"], known["dec"]))

@@ -5,10 +5,12 @@ import os
 from _common import setup
 
 from darkhaloscope.outputs import write_json
-from darkhaloscope.train import train
+from darkhaloscope.train import is_main_process, train
 
 p = setup("train")
 res = train(p, "data/stamps", "data/model", resume=os.environ.get("DHS_RESUME", "1") == "1")
+if not is_main_process():  # under torchrun only rank 0 writes metrics
+    raise SystemExit(0)
 history = [rec for st in res["stages"] for rec in st["history"]]
 write_json(history, "metrics/history.json")
 write_json([{k: r.get(k) for k in ("stage", "epoch", "train_loss", "val_loss", "auroc", p["train"]["monitor"], "lr")}

@@ -45,7 +45,7 @@ TINY_MOCK = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_mock() -> dict:
-    """survey.mock for a 2x1-brick, 200-pixel survey with a few objects."""
+    """survey.mock for a 2x1-brick, 200-pixel survey with a few objects (a fresh copy)."""
     return copy.deepcopy(TINY_MOCK)

@@ -226,14 +226,9 @@ def test_match_within_hand_values():
 
 # --------------------------------------------------------------------------- mock survey
 @pytest.fixture(scope="module")
-def mock_survey(tmp_path_factory):
-    import copy
-
-    from conftest import TINY_MOCK
-
-    mock = copy.deepcopy(TINY_MOCK)
+def mock_survey(tmp_path_factory, tiny_mock):
     root = tmp_path_factory.mktemp("mock") / "survey"
-    survey = MockSurvey(mock)
+    survey = MockSurvey(tiny_mock)
     summary = survey.write(root)
     return survey, root, summary
 
@@ -358,6 +353,8 @@ def test_mock_known_lenses_fall_in_their_brick(mock_survey):
         _, wcs = read_coadd(find_coadd(str(root), brick, "r", "image"))
         x, y = wcs.all_world2pix([ra], [dec], 0)
         assert 0 <= x[0] <= survey.n - 1 and 0 <= y[0] <= survey.n - 1
+        # placed >= n // 4 = 50 px from the edges on this 200-px brick (120 px on bricks >= 480 px)
+        assert 50 <= x[0] <= 150 and 50 <= y[0] <= 150
         # the lens galaxy itself is in the catalogue: a bright extended (DEV) object at that position
         sel = cat["BRICKNAME"] == brick
         near, sep = match_within(cat["RA"][sel], cat["DEC"][sel], np.array([ra]), np.array([dec]), 0.01)

@@ -103,6 +103,7 @@ SCHEMA: dict[str, Any] = {
         "gallery_n": int,
     },
     "spark": {"master": str, "driver_memory": str, "partitions": int},
+    "mine": {"model": str, "top_k": int, "min_score": NUM, "exclusion_radius_arcsec": NUM, "use_lenscat": bool},
     "focal": {"alpha": NUM, "gamma": NUM},
     "train": {
         "arch": Enum("small_cnn", "resnet18", "convnext_tiny"),
@@ -114,6 +115,8 @@ SCHEMA: dict[str, Any] = {
         "norm_outer_radius": NUM,
         "clip": ListOf(NUM, 2),
         "augment": bool,
+        "exclude_bricks": ListOf(str),
+        "hard_negative_repeat": int,
         "batch_size": int,
         "num_workers": int,
         "weight_decay": NUM,

@@ -15,7 +15,6 @@ import sys
 from collections import Counter
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from .selection import SPLITS
 from .stamp_format import part_file_name, write_stamp_file
@@ -82,18 +81,17 @@ def write_file(out_dir: str, split: str, bucket: int, rows: list[dict], paired: 
             "nonfinite_stamps": int(sum(1 for r in rows if not np.isfinite(r["stamp"]).all()))}
 
 
-def run_stamps(manifest_path: str, coadd_root: str, out_dir: str, params: dict,
-               gallery_ids: frozenset = frozenset()) -> tuple[list[dict], list[dict]]:
+def run_stamps(rows: list[dict], coadd_root: str, out_dir: str, params: dict,
+               gallery_ids: frozenset = frozenset(), splits=SPLITS) -> tuple[list[dict], list[dict]]:
     """Run Phase 4c under Spark, writing into ``out_dir`` (the caller makes it atomic).
 
+    ``rows`` are manifest-like dicts (see OUTPUT_COLUMNS); ``splits`` the output split dirs.
     Returns (per-file counts, gallery rows with their clean cutouts).
     """
     inj, sp = params["inject"], params["spark"]
     paired = params["manifest"]["control_type"] == "paired"
     bands = tuple(params["survey"]["bands"])
     nfiles = int(inj["files_per_split"])
-    table = pq.read_table(manifest_path)
-    rows = table.to_pylist()
     by_brick: dict[str, list] = {}
     for r in rows:
         by_brick.setdefault(r["brickname"], []).append(r)
@@ -101,8 +99,8 @@ def run_stamps(manifest_path: str, coadd_root: str, out_dir: str, params: dict,
 
     tmp = out_dir
     os.makedirs(tmp, exist_ok=True)
-    split_index = {s: i for i, s in enumerate(SPLITS)}
-    n_out = len(SPLITS) * nfiles
+    split_index = {s: i for i, s in enumerate(splits)}
+    n_out = len(splits) * nfiles
 
     spark = spark_session(sp["master"], sp["driver_memory"])
     try:
@@ -120,7 +118,7 @@ def run_stamps(manifest_path: str, coadd_root: str, out_dir: str, params: dict,
             gallery = [{k: v for k, v in r.items() if k in ("sample_id", "clean", "stamp", "config_id",
                                                             "theta_e_arcsec", "arc_snr", "split")}
                        for _, r in items if "clean" in r]
-            split, bucket = SPLITS[index // nfiles], index % nfiles
+            split, bucket = splits[index // nfiles], index % nfiles
             stats = write_file(tmp, split, bucket, [r for _, r in items], paired)
             yield {"stats": stats, "gallery": gallery}
 

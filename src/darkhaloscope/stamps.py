@@ -172,3 +172,27 @@ def known_lens_rows(known: dict, bricks: list) -> tuple[list[dict], int]:
                      "is_control": 1, "split": "known", "psfsize_g": np.nan, "psfsize_r": np.nan,
                      "psfsize_z": np.nan})
     return rows, n_nobrick
+
+
+def parent_rows(parent, manifest_rows: list[dict], seed: int) -> list[dict]:
+    """Rows for un-injected cutouts of the train-split parent galaxies that carry no injection.
+
+    These are the "non-injected galaxies" a previous generation's model scores when
+    mining hard negatives (split ``parent``; is_control = 1).
+    """
+    from .hashing import hash_int63
+    from .manifest import INJECTION_COLUMNS
+
+    injected = {r["row_id"] for r in manifest_rows if not r["is_control"]}
+    out = []
+    for r in parent.to_pylist():
+        if r["split"] != "train" or r["row_id"] in injected:
+            continue
+        sid = hash_int63(seed, r["row_id"], "parent")
+        out.append({"sample_id": sid, "pair_id": sid, "row_id": r["row_id"], "replicate": 0, "split": "parent",
+                    "brickname": r["brickname"], "objid": r["objid"], "ra": r["ra"], "dec": r["dec"],
+                    "is_control": 1, "config_id": "parent", "host_mag_r": r["mag_r"],
+                    **{k: 0.0 for k in INJECTION_COLUMNS},
+                    **{k: r[k] for k in ("psfsize_g", "psfsize_r", "psfsize_z", "psfdepth_g", "psfdepth_r",
+                                         "psfdepth_z")}})
+    return out

@@ -88,10 +88,34 @@ class Setup:
 
 
 def device_and_amp() -> tuple[torch.device, torch.dtype | None]:
-    """CUDA with bf16 autocast when available, else CPU float32."""
+    """CUDA with bf16 autocast when available, else CPU float32 (LOCAL_RANK picks the GPU under torchrun)."""
     if torch.cuda.is_available():
-        return torch.device("cuda"), torch.bfloat16
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))), torch.bfloat16
     return torch.device("cpu"), None
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): nccl on GPU, gloo on CPU.
+
+    Returns (rank, world_size); (0, 1) outside torchrun.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def predict(model, loader, device, amp_dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -181,6 +205,12 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
         model.load_state_dict(load_checkpoint(init_from)["model_state"])
         log.info("stage %s starts from %s", stage["name"], init_from)
     model.to(device)
+    core = model  # the un-wrapped module: checkpoints and evaluation use it
+    rank, world = init_distributed()
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(model.parameters(), lr=float(stage["lr"]), weight_decay=setup.weight_decay)
     sched = _scheduler(opt, setup, int(stage["epochs"]))
     loss_fn = build_loss(setup.loss, focal_alpha=setup.focal_alpha, focal_gamma=setup.focal_gamma,
@@ -201,7 +231,7 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
     if resume and os.path.exists(last_path):
         ck = load_checkpoint(last_path)
         if ck.get("fingerprint") == fp and os.path.exists(best_path):
-            model.load_state_dict(ck["model_state"])
+            core.load_state_dict(ck["model_state"])
             opt.load_state_dict(ck["optimizer_state"])
             sched.load_state_dict(ck["scheduler_state"])
             torch.set_rng_state(ck["torch_rng"])
@@ -220,25 +250,22 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
         train_ds.set_epoch(epoch)
         model.train()
         tot, n, gnorms = 0.0, 0, []
-        bar = tqdm(train_loader, desc=f"{stage['name']} epoch {epoch}", unit="batch", disable=not progress,
-                   leave=False, mininterval=10)
-        for x, y, meta, _ in bar:
-            x, y, meta = x.to(device), y.to(device), meta.to(device)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = model(x, meta if meta.shape[1] else None)
-            loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                setup.grad_clip if setup.grad_clip > 0 else float("inf"))
-            gnorms.append(float(gn))
-            opt.step()
-            tot += loss.item() * len(y)
-            n += len(y)
-            bar.set_postfix(loss=f"{tot / max(n, 1):.4f}")
+        bar = tqdm(train_loader, desc=f"{stage['name']} epoch {epoch}", unit="batch",
+                   disable=not progress or rank != 0, leave=False, mininterval=10)
+        # ranks may hold different numbers of batches (whole row groups are dealt to shards):
+        # DDP's join context lets the ranks that finish early shadow the others' all-reduces
+        joiner = model.join() if world > 1 else _nullcontext()
+        with joiner:
+            tot, n = _train_epoch(model, bar, opt, loss_fn, device, amp, setup.grad_clip, gnorms)
+        if world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([tot, n], dtype=torch.float64)
+            dist.all_reduce(t)
+            tot, n = float(t[0]), int(t[1])
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        ids, labels, logits = predict(model, val_loader, device, amp)
+        ids, labels, logits = predict(core, val_loader, device, amp)
         rec = {"stage": stage["name"], "epoch": epoch, "train_loss": tot / max(n, 1), "train_samples": n,
                "lr": lr, "grad_norm_mean": float(np.mean(gnorms)) if gnorms else 0.0,
                "grad_norm_max": float(np.max(gnorms)) if gnorms else 0.0,
@@ -253,7 +280,8 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
         state["history"].append(rec)
         if improved(value, state["best"], setup.monitor, setup.min_delta):
             state.update(best=value, best_epoch=epoch, bad_epochs=0)
-            save_checkpoint(best_path, model, extra={**extra, "epoch": epoch, "metrics": rec})
+            if is_main_process():
+                save_checkpoint(best_path, core, extra={**extra, "epoch": epoch, "metrics": rec})
         else:
             state["bad_epochs"] += 1
             if state["bad_epochs"] >= setup.patience:
@@ -261,15 +289,52 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
         state["epoch"] = epoch + 1
         log.info("%s epoch %d: train_loss %.4f val_loss %.4f auroc %s %s %s", stage["name"], epoch,
                  rec["train_loss"], rec["val_loss"], _fmt(rec.get("auroc")), setup.monitor, _fmt(value))
-        save_checkpoint(last_path, model, extra={**extra, "epoch": epoch, "metrics": rec,
-                                                 "optimizer_state": opt.state_dict(),
-                                                 "scheduler_state": sched.state_dict(),
-                                                 "torch_rng": torch.get_rng_state(), "train_state": state})
+        if is_main_process():
+            save_checkpoint(last_path, core, extra={**extra, "epoch": epoch, "metrics": rec,
+                                                    "optimizer_state": opt.state_dict(),
+                                                    "scheduler_state": sched.state_dict(),
+                                                    "torch_rng": torch.get_rng_state(), "train_state": state})
+        _barrier(world)
     if not os.path.exists(best_path):
         raise RuntimeError(f"stage {stage['name']}: no epoch produced a finite {setup.monitor}; no best.pt")
     return {"stage": stage["name"], "best_epoch": state["best_epoch"], "best_" + setup.monitor: state["best"],
             "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "history": state["history"],
             "train_index": tr_index.summary(), "val_index": va_index.summary()}
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _train_epoch(model, batches, opt, loss_fn, device, amp, grad_clip: float, gnorms: list) -> tuple[float, int]:
+    """One pass over the training batches; returns (summed loss, samples) and fills gnorms."""
+    tot, n = 0.0, 0
+    for x, y, meta, _ in batches:
+        x, y, meta = x.to(device), y.to(device), meta.to(device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(x, meta if meta.shape[1] else None)
+        loss = loss_fn(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+        gnorms.append(float(gn))
+        opt.step()
+        tot += loss.item() * len(y)
+        n += len(y)
+        if hasattr(batches, "set_postfix"):
+            batches.set_postfix(loss=f"{tot / max(n, 1):.4f}")
+    return tot, n
 
 
 def _fmt(v) -> str:
@@ -290,7 +355,8 @@ def train(params: dict, stamps_root: str, out_dir: str, resume: bool = True, pro
         prev = os.path.join(out_dir, stage["name"], "best.pt")
     import shutil
 
-    shutil.copyfile(prev, os.path.join(out_dir, "best.pt"))
+    if is_main_process():
+        shutil.copyfile(prev, os.path.join(out_dir, "best.pt"))
     return {"stages": stages}
 
 

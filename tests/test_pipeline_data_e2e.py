@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -165,7 +166,15 @@ def test_stamp_files(pipeline):
         assert sorted(sids) == sorted(man_sid[man_split == s].tolist())
         n_nonempty += n > 0
     assert n_nonempty >= 2
-    assert stats["n_rows"] == man.num_rows
+    # split `parent`: one un-injected cutout of every train-split parent galaxy that carries no injection
+    parent = pq.read_table(work / "data/parent/parent.parquet")
+    injected = set(man.filter(pc.equal(man.column("is_control"), 0)).column("row_id").to_pylist())
+    want = sorted(r for r, s in zip(parent.column("row_id").to_pylist(), parent.column("split").to_pylist())
+                  if s == "train" and r not in injected)
+    par = pq.read_table(work / "data/stamps/parent", columns=["row_id", "is_control", "theta_e_arcsec"])
+    assert sorted(par.column("row_id").to_pylist()) == want and len(want) > 0
+    assert set(par.column("is_control").to_pylist()) == {1} and set(par.column("theta_e_arcsec").to_pylist()) == {0}
+    assert stats["n_rows"] == man.num_rows + len(want)
     # one brick reports PSFSIZE_Z = 0: its rows use the r-band FWHM and say so
     assert sum(stats["splits"][s]["psf_fallback_rows"] for s in SPLITS) > 0
     known = pq.read_table(work / "data/stamps/known/part-00000.parquet")
@@ -186,15 +195,22 @@ def test_second_repro_is_a_noop(pipeline):
     assert lock_md5s(work) == before
 
 
+# the stage's own call of run_stamps (stages/stamps.py), with spark.master / partitions overridden
 SPARK_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, "src")
+    import pyarrow.parquet as pq
     from darkhaloscope.params import load_params
+    from darkhaloscope.selection import SPLITS
     from darkhaloscope.spark_stamps import run_stamps
+    from darkhaloscope.stamps import parent_rows
     p = load_params("params.yaml")
     p["spark"]["master"], p["spark"]["partitions"] = sys.argv[2], int(sys.argv[3])
-    stats, _ = run_stamps("data/manifest/manifest.parquet", "data/coadds", sys.argv[1], p)
-    print("ROWS", sum(s["rows"] for s in stats))
+    rows = pq.read_table("data/manifest/manifest.parquet").to_pylist()
+    n_manifest = len(rows)
+    rows += parent_rows(pq.read_table("data/parent/parent.parquet"), rows, p["seed"])
+    stats, _ = run_stamps(rows, "data/coadds", sys.argv[1], p, frozenset(), SPLITS + ("parent",))
+    print("ROWS", sum(s["rows"] for s in stats if s["split"] != "parent"), n_manifest)
 """)
 
 
@@ -209,9 +225,10 @@ def test_spark_partitions_and_master_do_not_change_bytes(pipeline, tmp_path):
     for master, parts in (("local[1]", 1), ("local[2]", 5)):
         out_dir = tmp_path / f"stamps_{parts}"
         res = run([sys.executable, "-c", SPARK_SCRIPT, str(out_dir), master, str(parts)], work, timeout=240)
-        assert f"ROWS {n_man}" in res.stdout
+        assert f"ROWS {n_man} {n_man}" in res.stdout
         outs[parts] = _files(out_dir)
-    assert sorted(outs[1]) == [f"{s}/part-0000{i}.parquet" for s in ("test", "train", "val") for i in (0, 1)]
+    assert sorted(outs[1]) == [f"{s}/part-0000{i}.parquet" for s in ("parent", "test", "train", "val")
+                               for i in (0, 1)]
     assert outs[1] == outs[5]
     # and the stage's own output (spark.partitions 8, local[2]) has the same bytes
     stage = {k: v for k, v in _files(work / "data/stamps").items() if not k.startswith("known/")}

@@ -13,6 +13,7 @@ from darkhaloscope import stamp_format as sf
 from darkhaloscope.stamp_format import (
     STAMP_BANDS,
     STAMP_SIZE,
+    legacy_stamp_arrow_type,
     list_stamp_files,
     read_columns,
     stamp_arrow_type,
@@ -43,10 +44,16 @@ def _inputs(n: int = 7, seed: int = 0):
 def test_constants_and_type():
     assert STAMP_BANDS == ("g", "r", "z")
     assert STAMP_SIZE == 64
+    # the contract (changed deliberately): fixed-size binary of little-endian float32 bytes
     t = stamp_arrow_type()
-    assert isinstance(t, pa.FixedSizeListType)
-    assert t.list_size == 3 * 64 * 64 and t.value_type == pa.float32()
-    assert stamp_arrow_type(6, 32).list_size == 6 * 32 * 32
+    assert isinstance(t, pa.FixedSizeBinaryType)
+    assert t.byte_width == 3 * 64 * 64 * 4
+    assert stamp_arrow_type(6, 32).byte_width == 6 * 32 * 32 * 4
+    assert sf.STAMP_DTYPE == np.dtype("<f4")
+    # the previous layout, still readable
+    lt = legacy_stamp_arrow_type()
+    assert isinstance(lt, pa.FixedSizeListType)
+    assert lt.list_size == 3 * 64 * 64 and lt.value_type == pa.float32()
 
 
 def test_round_trip_stamps_and_columns(tmp_path):
@@ -178,30 +185,72 @@ def test_stamps_from_arrow_views_and_chunks():
     rng = np.random.default_rng(3)
     s = rng.normal(size=(5, 3, 64, 64)).astype(np.float32)
     arr = sf._stamp_array(s)
+    assert arr.type == stamp_arrow_type()
+    # the bytes are exactly the little-endian float32 C-order array
+    assert arr[1].as_py() == s[1].astype("<f4").tobytes()
     got = stamps_from_arrow(arr)
     np.testing.assert_array_equal(got, s)
-    # zero copy: the result views the Arrow buffer
+    # zero copy: the result views the Arrow buffer, read-only
     assert not got.flags.owndata and not got.flags.writeable
     # slices honour the offset
     np.testing.assert_array_equal(stamps_from_arrow(arr.slice(2, 2)), s[2:4])
     # chunked arrays are combined
     chunked = pa.chunked_array([arr.slice(0, 2), arr.slice(2, 3)])
     np.testing.assert_array_equal(stamps_from_arrow(chunked), s)
-    # a variable-size list of the right length works too
+    # a variable-size binary column of equal-length rows works too
+    np.testing.assert_array_equal(stamps_from_arrow(arr.cast(pa.binary())), s)
+    np.testing.assert_array_equal(stamps_from_arrow(arr.cast(pa.large_binary()).slice(1, 3)), s[1:4])
+    with pytest.raises(ValueError, match="list size"):
+        stamps_from_arrow(arr, n_channels=6)
+    with pytest.raises(ValueError, match="'mystamp'"):
+        stamps_from_arrow(pa.array([1.0, 2.0]), name="mystamp")
+    with pytest.raises(ValueError, match="'mystamp'.*whole number of float32"):
+        stamps_from_arrow(pa.array([b"abc"], type=pa.binary(3)), name="mystamp")
+    with pytest.raises(ValueError, match="different byte lengths"):
+        stamps_from_arrow(pa.array([b"abcd", b"abcdefgh"]))
+    # nulls are an error naming the column
+    nulled = sf._stamp_array(s, np.array([True, False, True, True, True]))
+    assert nulled.null_count == 1
+    with pytest.raises(ValueError, match="'ctrl_stamp'.*null"):
+        stamps_from_arrow(nulled, name="ctrl_stamp")
+    c, v = stamps_and_valid(nulled.slice(1, 3), name="ctrl_stamp")
+    np.testing.assert_array_equal(v, [False, True, True])
+    np.testing.assert_array_equal(c[1:], s[2:4])
+
+
+def test_legacy_list_layout_still_reads(tmp_path):
+    """Columns of the previous layout (fixed_size_list<float32>, or list<float32>) read as before."""
+    rng = np.random.default_rng(4)
+    s = rng.normal(size=(5, 3, 64, 64)).astype(np.float32)
+    arr = pa.FixedSizeListArray.from_arrays(pa.array(s.reshape(-1)), type=legacy_stamp_arrow_type())
+    got = stamps_from_arrow(arr)
+    np.testing.assert_array_equal(got, s)
+    assert not got.flags.owndata  # still a view
+    np.testing.assert_array_equal(stamps_from_arrow(arr.slice(2, 2)), s[2:4])
     lst = pa.ListArray.from_arrays(
         pa.array(np.arange(6) * 12288, type=pa.int32()), pa.array(s.reshape(-1))
     )
     np.testing.assert_array_equal(stamps_from_arrow(lst), s)
     with pytest.raises(ValueError, match="list size"):
         stamps_from_arrow(arr, n_channels=6)
-    with pytest.raises(ValueError, match="'mystamp'"):
-        stamps_from_arrow(pa.array([1.0, 2.0]), name="mystamp")
-    # nulls are an error naming the column
     nulled = pa.FixedSizeListArray.from_arrays(
-        arr.values, type=stamp_arrow_type(), mask=pa.array([False, True, False, False, False])
+        arr.values, type=legacy_stamp_arrow_type(), mask=pa.array([False, True, False, False, False])
     )
     with pytest.raises(ValueError, match="'ctrl_stamp'.*null"):
         stamps_from_arrow(nulled, name="ctrl_stamp")
+    c, v = stamps_and_valid(nulled, name="ctrl_stamp")
+    np.testing.assert_array_equal(v, [True, False, True, True, True])
+    np.testing.assert_array_equal(c[v], s[v])
+    # ... and a whole legacy file, as the previous writer made it
+    path = tmp_path / "part-00000.parquet"
+    pq.write_table(
+        pa.table({"sample_id": np.arange(5), "stamp": arr, "ctrl_stamp": nulled}),
+        path, compression="none", use_dictionary=False, write_statistics=False,
+    )
+    t = pq.read_table(path)
+    np.testing.assert_array_equal(stamps_from_arrow(t.column("stamp")), s)
+    c, v = stamps_and_valid(t.column("ctrl_stamp"), name="ctrl_stamp")
+    np.testing.assert_array_equal(c[v], s[v])
 
 
 def test_list_stamp_files(tmp_path):

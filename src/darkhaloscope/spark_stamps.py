@@ -34,6 +34,7 @@ OUTPUT_COLUMNS = (
 INT_COLUMNS = {"sample_id": np.int64, "pair_id": np.int64, "row_id": np.int64, "replicate": np.int32,
                "objid": np.int64, "is_control": np.int8, "cutout_ok": np.int8}
 STR_COLUMNS = {"split", "brickname", "config_id", "psf_fallback", "fail_reason"}
+_SRC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../src
 
 
 def spark_session(master: str, driver_memory: str, app: str = "darkhaloscope-stamps"):
@@ -48,7 +49,10 @@ def spark_session(master: str, driver_memory: str, app: str = "darkhaloscope-sta
          .config("spark.driver.memory", driver_memory)
          .config("spark.ui.enabled", "false")
          .config("spark.ui.showConsoleProgress", "false")
-         .config("spark.python.worker.reuse", "true"))
+         .config("spark.python.worker.reuse", "true")
+         # workers import darkhaloscope from THIS checkout, not from wherever the package is installed
+         # (an editable install points at another tree, e.g. in a dvc exp / test copy of the repository)
+         .config("spark.executorEnv.PYTHONPATH", _SRC_DIR))
     if master.startswith("local"):
         b = b.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
     return b.getOrCreate()

@@ -1,0 +1,247 @@
+"""End-to-end test of the whole pipeline: `dvc repro evaluate` in a temporary copy of the
+repository with a tiny mock survey and a 2-epoch training, the metrics it leaves behind,
+`dvc metrics show` / `dvc plots show`, and a `dvc exp run -S loss=focal` that re-runs only
+the model stages.
+
+Never touches the working repository's outputs: everything runs under a temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+MODEL_STAGES = {"train", "score", "evaluate"}
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false",
+       "-c", "init.defaultBranch=main"]
+FPR_NAMES = ("tpr@fpr1e-5", "tpr@fpr1e-4", "tpr@fpr1e-3", "tpr@fpr1e-2")
+TPR_NAMES = ("fpr@tpr0.5", "fpr@tpr0.7", "fpr@tpr0.8", "fpr@tpr0.85", "fpr@tpr0.9", "fpr@tpr0.95",
+             "fpr@tpr0.99")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    for k in ("DHS_PARAMS", "DHS_RESUME", "PYTHONPATH", "SPARK_HOME", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    env["CUDA_VISIBLE_DEVICES"] = ""  # CPU float32, as in the unit tests
+    return env
+
+
+def run(cmd, cwd, timeout=300) -> str:
+    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, f"{cmd} failed ({res.returncode}):\n{out[-6000:]}"
+    return out
+
+
+def dvc(args, cwd, timeout=300) -> str:
+    return run([str(VENV_BIN / "dvc"), *args], cwd, timeout)
+
+
+def tiny_params() -> dict:
+    with open(REPO / "params.yaml") as f:
+        p = yaml.safe_load(f)
+    p["survey"]["mock"].update(n_bricks_ra=2, n_bricks_dec=2, brick_size_pix=300, n_lrg_per_brick=40,
+                               n_blue_per_brick=10, n_star_per_brick=5, n_known_lenses=2)
+    # ~0.4 arcmin sky regions: the 4 tiny bricks (~1.3 arcmin each) then hold ~30 regions, so the
+    # region split leaves galaxies in val and test (with nside 64 each brick is one region)
+    p["selection"]["split"]["nside"] = 8192
+    p["manifest"]["replicates"] = 2
+    p["inject"]["files_per_split"] = 1
+    p["spark"]["master"] = "local[2]"
+    p["train"].update(width=8, batch_size=32, patience=5)
+    p["train"]["curriculum"] = [{"name": "main", "epochs": 2, "lr": 1.0e-3, "min_theta_over_psf": 0.0,
+                                 "min_arc_snr": 0.0}]
+    return p
+
+
+def ran_stages(out: str) -> set:
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+def lock(work: Path) -> dict:
+    return yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+
+
+def out_md5s(work: Path, stage: str) -> dict:
+    return {o["path"]: o["md5"] for o in lock(work)[stage].get("outs", [])}
+
+
+def strict_json(path: Path):
+    """json.loads that refuses NaN / Infinity (which json.dumps writes by default)."""
+    def bad(c):
+        raise ValueError(f"{path}: non-finite JSON constant {c}")
+    return json.loads(path.read_text(), parse_constant=bad)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e_full") / "repo"
+    work.mkdir()
+    listed = []
+    for args in (["ls-files", "-z"], ["ls-files", "-z", "--others", "--exclude-standard"]):
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, check=True).stdout
+        listed += [f for f in out.decode().split("\0") if f]
+    for rel in sorted(set(listed)) + [".dvc/config"]:
+        src = REPO / rel
+        if src.is_file():  # a tracked file deleted in the working tree is skipped
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / rel)
+    assert not (work / "data" / "stamps").exists()  # outputs never travel, only sources
+    with open(work / "params.yaml", "w") as f:
+        yaml.safe_dump(tiny_params(), f, sort_keys=False)
+    run(GIT + ["init", "-q"], work)
+    run(GIT + ["add", "-A"], work)
+    run(GIT + ["commit", "-q", "-m", "tiny e2e copy"], work)
+    out = dvc(["repro", "evaluate"], work, timeout=420)
+    return work, out
+
+
+def test_repro_runs_every_stage_through_evaluate(pipeline):
+    work, out = pipeline
+    ran = ran_stages(out)
+    for stage in ("survey", "parent", "manifest", "coadds", "stamps", *MODEL_STAGES):
+        assert stage in ran, out[-3000:]
+    assert set(lock(work)) >= ran
+    for name in ("best.pt", "main/best.pt", "main/last.pt"):
+        assert (work / "data/model" / name).is_file(), name
+    for split in ("val", "test", "known"):
+        assert (work / "data/scores" / f"{split}.parquet").is_file()
+    history = strict_json(work / "metrics/history.json")
+    assert [r["epoch"] for r in history] == [0, 1]
+
+
+def test_eval_json(pipeline):
+    work, _ = pipeline
+    ev = strict_json(work / "metrics/eval.json")
+    for key in ("auroc", "auprc", "n_pos", "n_neg", "tpr0", "tpr10", "ece", "ece_platt", "shortcut_auroc",
+                "known_n"):
+        assert key in ev, key
+    for name in FPR_NAMES + TPR_NAMES:
+        for suffix in ("", "_n_tp", "_n_fp", "_ci_lo", "_ci_hi"):
+            assert name + suffix in ev, name + suffix
+        assert 0.0 <= ev[name] <= 1.0
+        assert ev[name + "_ci_lo"] <= ev[name + "_ci_hi"]
+        assert 0 <= ev[name + "_n_tp"] <= ev["n_pos"] and 0 <= ev[name + "_n_fp"] <= ev["n_neg"]
+    assert ev["n_pos"] > 0 and ev["n_neg"] > 0
+    assert 0.0 <= ev["auroc"] <= 1.0 and 0.0 <= ev["ece"] <= 1.0
+    assert ev["shortcut_auroc"] is None or 0.0 <= ev["shortcut_auroc"] <= 1.0
+    assert ev["known_n"] == 2  # the tiny survey's two known lenses are scored
+    score = strict_json(work / "metrics/score.json")
+    assert score["test"]["kept_positive"] == ev["n_pos"] and score["test"]["kept_negative"] == ev["n_neg"]
+
+
+def test_metrics_json_are_finite(pipeline):
+    work, _ = pipeline
+    files = sorted((work / "metrics").rglob("*.json"))
+    assert {"eval.json", "train.json", "history.json", "score.json", "roc.json"} <= {f.name for f in files}
+    for f in files:
+        text = f.read_text()
+        assert "NaN" not in text and "Infinity" not in text, f
+        strict_json(f)
+
+
+def test_roc_plot_points(pipeline):
+    work, _ = pipeline
+    roc = strict_json(work / "metrics/plots/roc.json")
+    assert isinstance(roc, list) and len(roc) >= 2
+    for pt in roc:
+        assert set(pt) == {"fpr", "tpr", "threshold"}
+        assert all(isinstance(pt[k], float) and math.isfinite(pt[k]) for k in pt)
+        assert 0.0 <= pt["fpr"] <= 1.0 and 0.0 <= pt["tpr"] <= 1.0
+    assert (roc[0]["fpr"], roc[0]["tpr"]) == (0.0, 0.0) and (roc[-1]["fpr"], roc[-1]["tpr"]) == (1.0, 1.0)
+    assert all(a["fpr"] <= b["fpr"] and a["tpr"] <= b["tpr"] for a, b in zip(roc, roc[1:]))
+
+
+def test_dvc_metrics_and_plots_show(pipeline, tmp_path):
+    work, _ = pipeline
+    shown = json.loads(dvc(["metrics", "show", "--json"], work))
+    assert "metrics/eval.json" in json.dumps(shown)
+    assert "auroc" in json.dumps(shown)
+    out_dir = tmp_path / "plots"
+    dvc(["plots", "show", "-o", str(out_dir)], work, timeout=120)
+    html = out_dir / "index.html"
+    assert html.is_file() and html.stat().st_size > 1000
+    assert "roc.json" in html.read_text()
+
+
+def test_exp_run_focal_reruns_only_the_model_stages(pipeline):
+    work, _ = pipeline
+    run(GIT + ["add", "-A"], work)
+    run(GIT + ["commit", "-q", "-m", "baseline outputs"], work)
+    before = lock(work)
+    data_stages = [s for s in before if s not in MODEL_STAGES]
+    assert {"survey", "parent", "manifest", "coadds", "stamps"} <= set(data_stages)
+    md5_before = {s: out_md5s(work, s) for s in data_stages}
+    out = dvc(["exp", "run", "-S", "loss=focal"], work, timeout=420)
+    # (c) the data stages were not re-run; the three model stages were
+    assert ran_stages(out) & set(before) == MODEL_STAGES, out[-3000:]
+    for s in data_stages:
+        assert f"Stage '{s}' didn't change, skipping" in out, s
+        assert out_md5s(work, s) == md5_before[s], s
+    assert lock(work)["train"]["params"]["params.yaml"]["loss"] == "focal"
+    assert yaml.safe_load((work / "params.yaml").read_text())["loss"] == "focal"
+    # (b) the experiment is listed, (d) with loss=focal, against the bce baseline
+    shown = json.loads(dvc(["exp", "show", "--json"], work))
+    exps = _experiments(shown)
+    assert exps, json.dumps(shown)[:3000]
+    losses = {e["name"]: e["loss"] for e in exps}
+    assert "focal" in losses.values(), losses
+    assert _baseline_loss(shown) == "bce"
+    ev = strict_json(work / "metrics/eval.json")
+    assert 0.0 <= ev["auroc"] <= 1.0
+
+
+def _params_of(entry: dict) -> dict:
+    data = entry.get("data") or {}
+    return ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+
+
+def _baseline_loss(shown: list):
+    for rev in shown:
+        if rev.get("rev") != "workspace":
+            return _params_of(rev).get("loss")
+    return None
+
+
+def _experiments(shown: list) -> list[dict]:
+    """(name, loss) of every experiment in `dvc exp show --json` (DVC 3 layout)."""
+    found = []
+    for rev in shown:
+        for exp in rev.get("experiments") or []:
+            for r in exp.get("revs") or []:
+                found.append({"name": r.get("name") or exp.get("name") or r.get("rev"),
+                              "loss": _params_of(r).get("loss")})
+    return found
+
+
+def test_spark_workers_import_this_checkout(pipeline):
+    """Spark's Python workers must run the copy's code, not the editable install's tree."""
+    work, _ = pipeline
+    script = (
+        "import sys; sys.path.insert(0, 'src')\n"
+        "from darkhaloscope.spark_stamps import spark_session\n"
+        "s = spark_session('local[1]', '1g')\n"
+        "def f(_):\n"
+        "    import darkhaloscope\n"
+        "    return darkhaloscope.__file__\n"
+        "print('WORKER', s.sparkContext.parallelize([0], 1).map(f).collect()[0])\n"
+        "s.stop()\n"
+    )
+    out = run([sys.executable, "-c", script], work, timeout=180)
+    line = next(ln for ln in out.splitlines() if ln.startswith("WORKER "))
+    assert Path(line.split(" ", 1)[1]).resolve().is_relative_to(work.resolve()), line

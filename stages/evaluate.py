@@ -9,6 +9,7 @@ from darkhaloscope import metrics as M
 from darkhaloscope.checkpoint import load_checkpoint
 from darkhaloscope.data import NormConfig, StampIndex
 from darkhaloscope.outputs import atomic_dir, write_json
+from darkhaloscope.seeds_format import resolve_stamp_root
 from darkhaloscope.stamp_format import list_stamp_files
 
 p = setup("evaluate")
@@ -23,7 +24,7 @@ out.update({f"val_threshold@{k}": v for k, v in thr.items()})
 out.update(E.known_lens_recall(known, thr))
 
 # shortcut audit: trivial features of the test stamps, positives vs controls
-files = list_stamp_files("data/stamps", "test")
+files = list_stamp_files(resolve_stamp_root("data/stamps"), "test")
 idx = StampIndex.build(files)
 rows = E.read_rows(files, idx.sample_ids, ("is_control",))
 ck = load_checkpoint("data/model/best.pt")

@@ -437,3 +437,98 @@ def test_loader_augmentation_keeps_paired_halves(tmp_path):
         moved += int(sum(not np.array_equal(x[i, :3].numpy(), ref[i]) for i in range(len(sid))))
     assert moved > 0
 
+
+
+# ----------------------------------------------------------------------------- fast normalisation, layouts
+
+
+def _reference_normalize(x: np.ndarray, cfg: NormConfig) -> np.ndarray:
+    """The definition, by sorting each (sample, channel) row twice (the previous implementation)."""
+    b, c, h, w = x.shape
+    flat = x.reshape(b, c, h * w)
+    if cfg.method == "outer":
+        yy, xx = np.mgrid[0:h, 0:w]
+        flat = flat[..., (np.hypot(yy - h // 2, xx - w // 2) >= cfg.outer_radius).ravel()]
+    srt = np.sort(flat, axis=-1)
+    n = srt.shape[-1]
+
+    def middle(s):
+        return s[..., n // 2].copy() if n % 2 else (s[..., n // 2 - 1] + s[..., n // 2]) * np.float32(0.5)
+
+    med = middle(srt)
+    med[np.isnan(srt[..., -1])] = np.nan
+    dev = np.abs(srt - med[..., None])
+    dev.sort(axis=-1)
+    mad = middle(dev)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = np.subtract(x, med[..., None, None], dtype=np.float32)
+        out /= (np.float32(1.4826) * mad + np.float32(1e-8))[..., None, None]
+    return np.clip(out, *cfg.clip)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_normalize_is_bit_identical_to_the_sorting_definition():
+    rng = np.random.default_rng(5)
+    cases = [
+        rng.normal(1.0, 0.5, (70, 3, 64, 64)).astype(np.float32),  # > one block of rows
+        np.round(rng.normal(0, 3, (20, 3, 64, 64))).astype(np.float32),  # heavy ties
+        rng.lognormal(0, 2, (20, 3, 64, 64)).astype(np.float32),  # skewed
+        np.zeros((3, 3, 64, 64), np.float32) + 2.0,  # constant: MAD 0
+        rng.normal(0, 1, (9, 6, 33, 33)).astype(np.float32),  # odd pixel counts, 6 channels
+    ]
+    bad = rng.normal(1e-3, 1e-3, (8, 3, 64, 64)).astype(np.float32)
+    bad[1, 1, 5, 5] = np.nan
+    bad[2, 0, 1, 1] = np.inf
+    bad[3, 2, :, :40] = -np.inf
+    bad[4, 1] = np.inf
+    bad[5, 0, 0, :2] = 3e38  # a float32 sum that overflows
+    cases.append(bad)
+    for cfg in (NormConfig("full"), NormConfig("outer"), NormConfig("outer", 15.5), NormConfig("outer", 10, (-5, 20))):
+        for x in cases:
+            ref = _reference_normalize(x, cfg)
+            got = normalize(x, cfg)
+            # identical values, NaN where the definition gives NaN (a median of tied +0.0 and -0.0 may come
+            # out as either zero: that only flips the sign of zero outputs)
+            np.testing.assert_array_equal(got, ref)
+            inplace = x.copy()
+            assert normalize(inplace, cfg, out=inplace) is inplace  # in place, same values
+            np.testing.assert_array_equal(inplace, got)
+            np.testing.assert_array_equal(normalize(x[::-1], cfg), got[::-1])  # per sample: batch order irrelevant
+    with pytest.raises(ValueError, match="out must be"):
+        normalize(cases[0], NormConfig(), out=np.empty((1, 3, 64, 64), np.float32))
+
+
+def test_legacy_list_layout_loads_identically(tmp_path):
+    """Files written with the previous fixed_size_list<float32> stamp columns load exactly as before."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from darkhaloscope.stamp_format import legacy_stamp_arrow_type
+
+    rng = np.random.default_rng(8)
+    n = 30
+    s = rng.normal(size=(n, 3, 64, 64)).astype(np.float32)
+    c = rng.normal(size=(n, 3, 64, 64)).astype(np.float32)
+    s[3, 0, 0, 0] = np.nan
+    valid = np.ones(n, bool)
+    valid[7] = False
+    cols = {"sample_id": np.arange(n), "is_control": np.arange(n) % 2, "cutout_ok": np.ones(n, np.int8)}
+    new = write_stamp_file(tmp_path / "new" / "part-00000.parquet", cols, s, c, 8, ctrl_valid=valid)
+
+    def lst(a, mask=None):
+        return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), type=legacy_stamp_arrow_type(), mask=mask)
+
+    old = tmp_path / "old" / "part-00000.parquet"
+    old.parent.mkdir()
+    pq.write_table(
+        pa.table({**{k: pa.array(v) for k, v in cols.items()}, "stamp": lst(s), "ctrl_stamp": lst(c, pa.array(~valid))}),
+        old, row_group_size=8, compression="none",
+    )
+    for kw, ch in (({}, 3), ({"require_ctrl": True}, 6)):
+        ia, ib = StampIndex.build([new], **kw), StampIndex.build([str(old)], **kw)
+        assert ia.counts == ib.counts and ia.n_samples == ib.n_samples
+        for shuffle in (False, True):
+            da = StampDataset(ia, 7, NormConfig("outer"), ch, shuffle=shuffle, augment=shuffle, seed=1)
+            db = StampDataset(ib, 7, NormConfig("outer"), ch, shuffle=shuffle, augment=shuffle, seed=1)
+            for a, b in zip(da, db, strict=True):
+                assert all(torch.equal(u, v) for u, v in zip(a, b))

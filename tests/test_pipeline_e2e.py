@@ -123,6 +123,13 @@ def test_repro_runs_every_stage_through_evaluate(pipeline):
         assert (work / "data/scores" / f"{split}.parquet").is_file()
     history = strict_json(work / "metrics/history.json")
     assert [r["epoch"] for r in history] == [0, 1]
+    for rec in history:
+        for key in ("n_eval", "pos_eval", "neg_eval", *FPR_NAMES, *TPR_NAMES, "auroc", "binary_score_frac",
+                    "calibration_collapse_warning", "top50_neg_scores", "bottom50_pos_scores", "train_loss",
+                    "val_loss", "lr", "grad_norm_mean"):
+            assert key in rec, key
+    train = strict_json(work / "metrics/train.json")
+    assert train["main"]["epochs_run"] == 2 and train["main"]["train_index"]["kept"] > 0
 
 
 def test_eval_json(pipeline):

@@ -237,6 +237,8 @@ def _semantic_checks(p: dict, src: str) -> None:
             if bad:
                 need = "> 0" if positive else ">= 0"
                 _fail(src, f"grids.{name}.{key}", f"expected values {need}, got {bad}")
+    if p["survey"]["mock"]["brick_size_pix"] < 200:
+        _fail(src, "survey.mock.brick_size_pix", f"expected >= 200 pixels, got {p['survey']['mock']['brick_size_pix']}")
     inj = p["inject"]
     if inj["psf_kernel_size"] % 2 != 1:
         _fail(src, "inject.psf_kernel_size", f"expected an odd number of pixels, got {inj['psf_kernel_size']}")

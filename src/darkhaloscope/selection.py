@@ -61,7 +61,8 @@ def cut_steps(catalog, variant: str = "v3_color_relaxed", deredden: bool = False
               variants: dict | None = None) -> "OrderedDict[str, np.ndarray]":
     """The successive boolean cuts of a variant, in order (each independent of the others)."""
     if variant == DESI_LRG:
-        return _desi_lrg_steps(catalog, deredden=True if deredden is None else deredden)
+        # DESI defines its LRG cuts on extinction-corrected magnitudes: always deredden
+        return _desi_lrg_steps(catalog, deredden=True)
     table = variants if variants is not None else VARIANTS
     if variant not in table:
         raise ValueError(f"unknown LRG variant {variant!r}; valid: {', '.join(sorted(table))}, {DESI_LRG}")
@@ -114,7 +115,8 @@ def lrg_mask(catalog, variant: str = "v3_color_relaxed", deredden: bool = False,
 
     ``variant``: one of v1, v2, v3_color_relaxed (default, the seeds' choice), v4, v5
     or ``desi_lrg``. ``deredden``: divide fluxes by MW_TRANSMISSION_* first (off by
-    default, as in the original pipeline). ``variants`` overrides the cut table
+    default, as in the original pipeline; ``desi_lrg`` always uses dereddened fluxes,
+    as DESI defines it). ``variants`` overrides the cut table
     (params.yaml's selection.variants).
     """
     steps = cut_steps(catalog, variant, deredden, variants)
@@ -136,7 +138,8 @@ def cumulative_counts(steps: "OrderedDict[str, np.ndarray]", n_total: int) -> di
 
 def row_ids(bricknames, objids) -> np.ndarray:
     """Stable int64 galaxy ids from (BRICKNAME, OBJID): independent of file order."""
-    return np.fromiter((hash_int63("dr10", b, int(o)) for b, o in zip(bricknames, objids)),
+    names = [b.decode() if isinstance(b, bytes) else str(b) for b in bricknames]
+    return np.fromiter((hash_int63("dr10", b.strip(), int(o)) for b, o in zip(names, objids)),
                        dtype=np.int64, count=len(objids))
 
 

@@ -24,6 +24,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .data import NormConfig, StampDataset, StampIndex, make_loader
 from .losses import build_loss
 from .models import MetaScaler, build_model, check_meta_cols
+from .seeds_format import resolve_stamp_root
 from .stamp_format import list_stamp_files
 
 log = logging.getLogger(__name__)
@@ -341,12 +342,17 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
-def train(params: dict, stamps_root: str, out_dir: str, resume: bool = True, progress: bool = True) -> dict:
+def train(params: dict, stamps_root: str, out_dir: str, resume: bool = True, progress: bool = True,
+          seeds_cache: str | None = None) -> dict:
     """Run every curriculum stage; each starts from the previous stage's best.pt.
 
     Writes ``out_dir/<stage>/{best,last}.pt`` and returns the per-stage summaries;
     ``out_dir/best.pt`` is a copy of the final stage's best checkpoint.
+    ``stamps_root`` may also hold the seeds' Phase 4c parquet (``region_split=<split>/``,
+    ``stamp_npz`` blobs): it is then converted once into ``seeds_cache`` (default
+    ``<stamps_root>_converted``) and read from there (:func:`darkhaloscope.seeds_format.resolve_stamp_root`).
     """
+    stamps_root = resolve_stamp_root(stamps_root, seeds_cache)
     setup = Setup.from_params(params)
     stages, prev = [], None
     for stage in setup.curriculum:

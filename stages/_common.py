@@ -1,15 +1,31 @@
-"""Shared start-up for the stage scripts: run from the repository root, read params.yaml."""
+"""Shared start-up for the stage scripts: run from the repository root, read params.yaml,
+and turn the project's own errors into one clear line instead of a traceback.
+
+Every stage script ends with ``run("<stage>", main)``: ``main(params)`` does the work. A
+problem with the inputs - a params.yaml key, a survey file, a stamp file, a checkpoint - is
+reported as ``[<stage>] <message>`` on stderr with exit status 1. Those are the errors this
+project raises itself (ParamsError, SurveyError, and ValueError / OSError / KeyError /
+RuntimeError raised in src/darkhaloscope or stages/), whose messages name the file, column
+or key and what was expected. Anything raised inside a third-party library is a bug to look
+at and keeps its full traceback; ``DHS_TRACEBACK=1`` shows the traceback for every error.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
 from darkhaloscope.params import ParamsError, load_params  # noqa: E402
+from darkhaloscope.survey.sweeps import SurveyError  # noqa: E402
+
+#: error types reported as one line when raised by this project's code
+USER_ERROR_TYPES = (ValueError, OSError, KeyError, RuntimeError, TypeError)
+_OUR_DIRS = (os.path.join(ROOT, "src", "darkhaloscope") + os.sep, os.path.join(ROOT, "stages") + os.sep)
 
 
 def setup(name: str) -> dict:
@@ -20,3 +36,38 @@ def setup(name: str) -> dict:
         return load_params(os.environ.get("DHS_PARAMS", "params.yaml"))
     except ParamsError as e:
         sys.exit(f"[{name}] {e}")
+
+
+def raised_by_us(exc: BaseException) -> bool:
+    """True when ``exc`` was raised in this repository's code (src/darkhaloscope or stages/)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    return path.startswith(_OUR_DIRS)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """An input problem with a message meant for the user (not a bug needing a traceback)."""
+    if isinstance(exc, (ParamsError, SurveyError)):
+        return True
+    return isinstance(exc, USER_ERROR_TYPES) and raised_by_us(exc)
+
+
+def error_message(exc: BaseException) -> str:
+    msg = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc
+    return str(msg)
+
+
+def run(name: str, main: Callable[[dict], object]) -> None:
+    """``main(setup(name))``; the project's own errors exit 1 with ``[name] <message>``."""
+    params = setup(name)
+    try:
+        main(params)
+    except Exception as e:
+        if os.environ.get("DHS_TRACEBACK") == "1" or not is_user_error(e):
+            raise
+        logging.shutdown()
+        sys.exit(f"[{name}] {error_message(e)}")

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pyarrow.parquet as pq
-from _common import setup
+from _common import run
 
 from darkhaloscope import evaluation as E
 from darkhaloscope import metrics as M
@@ -12,41 +12,47 @@ from darkhaloscope.outputs import atomic_dir, write_json
 from darkhaloscope.seeds_format import resolve_stamp_root
 from darkhaloscope.stamp_format import list_stamp_files
 
-p = setup("evaluate")
-val, test, known = (pq.read_table(f"data/scores/{s}.parquet") for s in ("val", "test", "known"))
-y, s = E._col(test, "label"), E._col(test, "score")
-out = M.summary(y, s, n_boot=200, seed=p["seed"])
-out["auroc_ci_lo"], out["auroc_ci_hi"] = M.bootstrap_ci(y, s, "auroc", n_boot=200, seed=p["seed"])
-out["binary_score_frac"] = M.binary_score_frac(s)
-out.update(E.calibration(val, test))
-thr = E.val_thresholds(val)
-out.update({f"val_threshold@{k}": v for k, v in thr.items()})
-out.update(E.known_lens_recall(known, thr))
 
-# shortcut audit: trivial features of the test stamps, positives vs controls
-files = list_stamp_files(resolve_stamp_root("data/stamps"), "test")
-idx = StampIndex.build(files)
-rows = E.read_rows(files, idx.sample_ids, ("is_control",))
-ck = load_checkpoint("data/model/best.pt")
-norm, meta_cols = NormConfig.from_dict(ck["norm"]), tuple(ck["meta_cols"])
-out["shortcut_auroc"] = E.shortcut_auroc(1 - rows["is_control"].astype(int), E.trivial_features(rows["stamp"], norm))
-write_json(out, "metrics/eval.json")
+def main(p: dict) -> None:
+    val, test, known = (pq.read_table(f"data/scores/{s}.parquet") for s in ("val", "test", "known"))
+    y, s = E._col(test, "label"), E._col(test, "score")
+    out = M.summary(y, s, n_boot=200, seed=p["seed"])
+    out["auroc_ci_lo"], out["auroc_ci_hi"] = M.bootstrap_ci(y, s, "auroc", n_boot=200, seed=p["seed"])
+    out["binary_score_frac"] = M.binary_score_frac(s)
+    out.update(E.calibration(val, test))
+    thr = E.val_thresholds(val)
+    out.update({f"val_threshold@{k}": v for k, v in thr.items()})
+    out.update(E.known_lens_recall(known, thr))
 
-E.write_csv(E.stratified_rows(test, thr), "metrics/stratified.csv")
-E.write_csv(M.per_group_auroc(y, s, E._col(test, "brickname")), "metrics/per_brick_auroc.csv")
-write_json(M.roc_points_for_plot(y, s), "metrics/plots/roc.json")
-comp = [r for r in E.stratified_rows(test, thr) if r["stratum"] == "theta_e_arcsec"]
-write_json([{"theta_e_arcsec": r["bin_mid"], **{f"completeness@{k}": r.get(f"{k}_completeness") for k in thr}}
-            for r in comp], "metrics/plots/completeness_theta_e.json")
+    # shortcut audit: trivial features of the test stamps, positives vs controls
+    files = list_stamp_files(resolve_stamp_root("data/stamps"), "test")
+    idx = StampIndex.build(files)
+    rows = E.read_rows(files, idx.sample_ids, ("is_control",))
+    ck = load_checkpoint("data/model/best.pt")
+    norm, meta_cols = NormConfig.from_dict(ck["norm"]), tuple(ck["meta_cols"])
+    out["shortcut_auroc"] = E.shortcut_auroc(1 - rows["is_control"].astype(int),
+                                             E.trivial_features(rows["stamp"], norm))
+    write_json(out, "metrics/eval.json")
 
-with atomic_dir("data/eval") as d:
-    neg = np.argsort(-s[y == 0])[:8]
-    pos = np.argsort(s[y == 1])[:8]
-    for name, sel, lab in (("top_negatives", neg, 0), ("lowest_positives", pos, 1)):
-        ids = E._col(test, "sample_id")[y == lab][sel]
-        sc = s[y == lab][sel]
-        r = E.read_rows(files, ids, meta_cols)
-        meta = np.column_stack([r[c] for c in meta_cols]) if meta_cols else None
-        E.saliency_gallery("data/model/best.pt", r["stamp"], r.get("ctrl_stamp"), meta,
-                           [f"id {i % 100000}\nscore {v:.3f}" for i, v in zip(ids, sc)], f"{d}/{name}.png")
-print({k: out[k] for k in ("auroc", "tpr@fpr1e-2", "tpr@fpr1e-3", "n_pos", "n_neg", "shortcut_auroc")})
+    E.write_csv(E.stratified_rows(test, thr), "metrics/stratified.csv")
+    E.write_csv(M.per_group_auroc(y, s, E._col(test, "brickname")), "metrics/per_brick_auroc.csv")
+    write_json(M.roc_points_for_plot(y, s), "metrics/plots/roc.json")
+    comp = [r for r in E.stratified_rows(test, thr) if r["stratum"] == "theta_e_arcsec"]
+    write_json([{"theta_e_arcsec": r["bin_mid"], **{f"completeness@{k}": r.get(f"{k}_completeness") for k in thr}}
+                for r in comp], "metrics/plots/completeness_theta_e.json")
+
+    with atomic_dir("data/eval") as d:
+        neg = np.argsort(-s[y == 0])[:8]
+        pos = np.argsort(s[y == 1])[:8]
+        for name, sel, lab in (("top_negatives", neg, 0), ("lowest_positives", pos, 1)):
+            ids = E._col(test, "sample_id")[y == lab][sel]
+            sc = s[y == lab][sel]
+            r = E.read_rows(files, ids, meta_cols)
+            meta = np.column_stack([r[c] for c in meta_cols]) if meta_cols else None
+            E.saliency_gallery("data/model/best.pt", r["stamp"], r.get("ctrl_stamp"), meta,
+                               [f"id {i % 100000}\nscore {v:.3f}" for i, v in zip(ids, sc)], f"{d}/{name}.png")
+    print({k: out[k] for k in ("auroc", "tpr@fpr1e-2", "tpr@fpr1e-3", "n_pos", "n_neg", "shortcut_auroc")})
+
+
+if __name__ == "__main__":
+    run("evaluate", main)

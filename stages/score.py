@@ -2,23 +2,28 @@
 
 import os
 
-from _common import setup
+from _common import run
 
 from darkhaloscope.outputs import atomic_dir, write_json, write_parquet
 from darkhaloscope.score import score_files
 from darkhaloscope.seeds_format import resolve_stamp_root
 from darkhaloscope.stamp_format import list_stamp_files
 
-p = setup("score")
-root = resolve_stamp_root("data/stamps")  # the seeds' stamp_npz layout: converted once into data/stamps_converted
-report = {}
-with atomic_dir("data/scores") as out:
-    for split in ("val", "test", "known"):
-        if root != "data/stamps" and not os.path.isdir(os.path.join(root, split)):
-            print(f"[score] {split}: not in the seeds data, skipped")  # the seeds' data has no known lenses
-            continue
-        table, summary = score_files("data/model/best.pt", list_stamp_files(root, split))
-        write_parquet(table, f"{out}/{split}.parquet")
-        report[split] = summary
-write_json(report, "metrics/score.json")
-print({k: (v["kept"], v["dropped"]) for k, v in report.items()})
+
+def main(p: dict) -> None:
+    root = resolve_stamp_root("data/stamps")  # the seeds' stamp_npz layout: converted once into data/stamps_converted
+    report = {}
+    with atomic_dir("data/scores") as out:
+        for split in ("val", "test", "known"):
+            if root != "data/stamps" and not os.path.isdir(os.path.join(root, split)):
+                print(f"[score] {split}: not in the seeds data, skipped")  # the seeds' data has no known lenses
+                continue
+            table, summary = score_files("data/model/best.pt", list_stamp_files(root, split))
+            write_parquet(table, f"{out}/{split}.parquet")
+            report[split] = summary
+    write_json(report, "metrics/score.json")
+    print({k: (v["kept"], v["dropped"]) for k, v in report.items()})
+
+
+if __name__ == "__main__":
+    run("score", main)

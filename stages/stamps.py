@@ -4,59 +4,56 @@ import os
 
 import numpy as np
 import pyarrow.parquet as pq
-from _common import setup
+from _common import run
 
 from darkhaloscope.gallery import injection_gallery
 from darkhaloscope.outputs import atomic_dir, write_json
 from darkhaloscope.selection import SPLITS
-from darkhaloscope.spark_stamps import run_stamps, write_file
+from darkhaloscope.spark_stamps import run_stamps, summarize_stats, write_file
 from darkhaloscope.stamps import known_lens_rows, parent_rows, process_brick
 from darkhaloscope.survey.bricks import bricks_of, read_brick_table
 from darkhaloscope.survey.known_lenses import read_known_lenses
 
-p = setup("stamps")
-inj, sv = p["inject"], p["survey"]
-man = pq.read_table("data/manifest/manifest.parquet", columns=["sample_id", "split", "is_control"])
-sid, split, ctrl = (man.column(c).to_numpy(zero_copy_only=False) for c in ("sample_id", "split", "is_control"))
-gallery_ids = frozenset(np.sort(sid[(split == "train") & (ctrl == 0)])[: inj["gallery_n"]].tolist())
+KNOWN_LENS_NAN_COLUMNS = (
+    "theta_e_arcsec", "src_dmag", "src_reff_arcsec", "src_e", "shear", "shear_phi_deg", "gamma1", "gamma2",
+    "lens_q", "lens_phi_deg", "src_phi_deg", "src_x_arcsec", "src_y_arcsec", "src_gr", "src_rz", "src_mag_r",
+    "host_mag_r", "psfdepth_g", "psfdepth_r", "psfdepth_z",
+)
 
-rows = pq.read_table("data/manifest/manifest.parquet").to_pylist()
-rows += parent_rows(pq.read_table("data/parent/parent.parquet"), rows, p["seed"])
 
-with atomic_dir("data/stamps") as out:
-    stats, gallery = run_stamps(rows, "data/coadds", out, p, gallery_ids, SPLITS + ("parent",))
-    # the survey's known lenses, cut (never injected) for the known-lens check in `evaluate`
-    known = read_known_lenses(sv["root"], sv["known_lenses"])
-    rows, n_nobrick = known_lens_rows(known, bricks_of(read_brick_table(sv["root"]), known["ra"], known["dec"]))
-    done = []
-    for brick in sorted({r["brickname"] for r in rows}):
-        done += process_brick(brick, [r for r in rows if r["brickname"] == brick], "data/coadds", inj,
-                              tuple(sv["bands"]))
-    for r in done:
-        r.update(is_control=0, **{k: r.get(k, 0) for k in ("pair_id", "row_id", "replicate", "objid")})
-        r.setdefault("config_id", "known_lens")
-        for k in ("theta_e_arcsec", "src_dmag", "src_reff_arcsec", "src_e", "shear", "shear_phi_deg", "gamma1",
-                  "gamma2", "lens_q", "lens_phi_deg", "src_phi_deg", "src_x_arcsec", "src_y_arcsec", "src_gr",
-                  "src_rz", "src_mag_r", "host_mag_r", "psfdepth_g", "psfdepth_r", "psfdepth_z"):
-            r.setdefault(k, float("nan"))
-    known_stats = write_file(out, "known", 0, done, paired=False)
-    injection_gallery(gallery, os.path.join(out, "gallery.png"))
+def main(p: dict) -> None:
+    inj, sv = p["inject"], p["survey"]
+    man = pq.read_table("data/manifest/manifest.parquet", columns=["sample_id", "split", "is_control"])
+    sid, split, ctrl = (man.column(c).to_numpy(zero_copy_only=False) for c in ("sample_id", "split", "is_control"))
+    gallery_ids = frozenset(np.sort(sid[(split == "train") & (ctrl == 0)])[: inj["gallery_n"]].tolist())
 
-splits = {}
-for s in stats:
-    d = splits.setdefault(s["split"], {"rows": 0, "cutout_ok": 0, "fail_reasons": {}, "psf_fallback_rows": 0,
-                                       "nonfinite_stamps": 0, "files": 0})
-    d["rows"] += s["rows"]
-    d["cutout_ok"] += s["cutout_ok"]
-    d["psf_fallback_rows"] += s["psf_fallback_rows"]
-    d["nonfinite_stamps"] += s["nonfinite_stamps"]
-    d["files"] += 1
-    for k, v in s["fail_reasons"].items():
-        d["fail_reasons"][k] = d["fail_reasons"].get(k, 0) + v
-summary = {"splits": splits, "n_rows": sum(d["rows"] for d in splits.values()),
-           "n_cutout_failed": sum(d["rows"] - d["cutout_ok"] for d in splits.values()),
-           "known_lenses": {"rows": known_stats["rows"], "cutout_ok": known_stats["cutout_ok"],
-                            "no_brick": n_nobrick},
-           "psf_model": inj["psf_model"], "engine": inj["engine"], "supersample": inj["supersample"]}
-write_json(summary, "metrics/stamps.json")
-print(summary)
+    rows = pq.read_table("data/manifest/manifest.parquet").to_pylist()
+    rows += parent_rows(pq.read_table("data/parent/parent.parquet"), rows, p["seed"])
+
+    with atomic_dir("data/stamps") as out:
+        stats, gallery = run_stamps(rows, "data/coadds", out, p, gallery_ids, SPLITS + ("parent",))
+        # the survey's known lenses, cut (never injected) for the known-lens check in `evaluate`
+        known = read_known_lenses(sv["root"], sv["known_lenses"])
+        rows, n_nobrick = known_lens_rows(known, bricks_of(read_brick_table(sv["root"]), known["ra"], known["dec"]))
+        done = []
+        for brick in sorted({r["brickname"] for r in rows}):
+            done += process_brick(brick, [r for r in rows if r["brickname"] == brick], "data/coadds", inj,
+                                  tuple(sv["bands"]))
+        for r in done:
+            r.update(is_control=0, **{k: r.get(k, 0) for k in ("pair_id", "row_id", "replicate", "objid")})
+            r.setdefault("config_id", "known_lens")
+            for k in KNOWN_LENS_NAN_COLUMNS:
+                r.setdefault(k, float("nan"))
+        known_stats = write_file(out, "known", 0, done, paired=False)
+        injection_gallery(gallery, os.path.join(out, "gallery.png"))
+
+    summary = summarize_stats(stats)
+    summary.update(known_lenses={"rows": known_stats["rows"], "cutout_ok": known_stats["cutout_ok"],
+                                 "no_brick": n_nobrick},
+                   psf_model=inj["psf_model"], engine=inj["engine"], supersample=inj["supersample"])
+    write_json(summary, "metrics/stamps.json")
+    print(summary)
+
+
+if __name__ == "__main__":
+    run("stamps", main)

@@ -2,18 +2,24 @@
 
 import os
 
-from _common import setup
+from _common import run
 
 from darkhaloscope.outputs import write_json
 from darkhaloscope.train import is_main_process, train
 
-p = setup("train")
-res = train(p, "data/stamps", "data/model", resume=os.environ.get("DHS_RESUME", "1") == "1")
-if not is_main_process():  # under torchrun only rank 0 writes metrics
-    raise SystemExit(0)
-history = [rec for st in res["stages"] for rec in st["history"]]
-write_json(history, "metrics/history.json")
-write_json([{k: r.get(k) for k in ("stage", "epoch", "train_loss", "val_loss", "auroc", p["train"]["monitor"], "lr")}
-            | {"step": i} for i, r in enumerate(history)], "metrics/plots/train_curve.json")
-summary = {st["stage"]: {k: v for k, v in st.items() if k not in ("history", "stage")} for st in res["stages"]}
-write_json(summary, "metrics/train.json")
+
+def main(p: dict) -> None:
+    res = train(p, "data/stamps", "data/model", resume=os.environ.get("DHS_RESUME", "1") == "1")
+    if not is_main_process():  # under torchrun only rank 0 writes metrics
+        return
+    history = [rec for st in res["stages"] for rec in st["history"]]
+    write_json(history, "metrics/history.json")
+    write_json([{k: r.get(k) for k in ("stage", "epoch", "train_loss", "val_loss", "auroc", p["train"]["monitor"],
+                                       "lr")} | {"step": i} for i, r in enumerate(history)],
+               "metrics/plots/train_curve.json")
+    summary = {st["stage"]: {k: v for k, v in st.items() if k not in ("history", "stage")} for st in res["stages"]}
+    write_json(summary, "metrics/train.json")
+
+
+if __name__ == "__main__":
+    run("train", main)

@@ -467,7 +467,7 @@ def _reference_normalize(x: np.ndarray, cfg: NormConfig) -> np.ndarray:
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_normalize_is_bit_identical_to_the_sorting_definition():
+def test_normalize_matches_the_sorting_definition():
     rng = np.random.default_rng(5)
     cases = [
         rng.normal(1.0, 0.5, (70, 3, 64, 64)).astype(np.float32),  # > one block of rows
@@ -521,7 +521,8 @@ def test_legacy_list_layout_loads_identically(tmp_path):
     old = tmp_path / "old" / "part-00000.parquet"
     old.parent.mkdir()
     pq.write_table(
-        pa.table({**{k: pa.array(v) for k, v in cols.items()}, "stamp": lst(s), "ctrl_stamp": lst(c, pa.array(~valid))}),
+        pa.table({**{k: pa.array(v) for k, v in cols.items()},
+                  "stamp": lst(s), "ctrl_stamp": lst(c, pa.array(~valid))}),
         old, row_group_size=8, compression="none",
     )
     for kw, ch in (({}, 3), ({"require_ctrl": True}, 6)):

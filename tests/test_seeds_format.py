@@ -410,3 +410,47 @@ def test_cli(seeds, tmp_path, capsys):
     assert [os.path.basename(f) for f in list_stamp_files(dst, "train")] == ["part-00000.parquet"]
     assert S.main([str(root), str(dst), "--files-per-split", "1"]) == 0
     assert "already a current conversion" in capsys.readouterr().out
+
+
+def test_no_standard_split_is_an_error(tmp_path):
+    d = tmp_path / "region_split=holdout"
+    d.mkdir()
+    pq.write_table(pa.table({"brickname": ["b"], "ra": [1.0], "dec": [2.0], "is_control": [0], "cutout_ok": [1],
+                             "stamp_npz": pa.array([_blob({"image_r": np.zeros((64, 64), np.float32)})])}),
+                   d / "p.parquet")
+    assert S.is_seeds_layout(tmp_path)
+    with pytest.raises(ValueError, match="holdout"):
+        S.convert_seeds_to_stamps(tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp-*"))
+
+
+def test_training_and_scoring_accept_the_seeds_layout(seeds, tmp_path, monkeypatch):
+    """train.train converts a seeds root once (into seeds_cache) and trains on it; scoring reads the result."""
+    import copy
+
+    import darkhaloscope.score as score_mod
+    import darkhaloscope.train as train_mod
+    from darkhaloscope.params import load_params, validate
+    from darkhaloscope.score import score_files
+
+    cpu = lambda: (torch.device("cpu"), None)  # noqa: E731
+    monkeypatch.setattr(train_mod, "device_and_amp", cpu)
+    monkeypatch.setattr(score_mod, "device_and_amp", cpu)
+    root, truth = seeds
+    p = copy.deepcopy(load_params(os.path.join(os.path.dirname(os.path.dirname(__file__)), "params.yaml")))
+    p["loss"] = "bce"
+    p["train"].update(arch="small_cnn", width=8, batch_size=8, num_workers=0, meta_cols=["psfsize_r"],
+                      monitor="auroc", curriculum=[{"name": "main", "epochs": 1, "lr": 1e-3,
+                                                    "min_theta_over_psf": 0.0, "min_arc_snr": 0.0}])
+    p = validate(p, "test params")
+    cache = tmp_path / "cache"
+    res = train_mod.train(p, str(root), str(tmp_path / "model"), progress=False, seeds_cache=str(cache))
+    st = res["stages"][0]
+    n, failed, r_only = _expect(truth, "train")
+    assert st["train_index"]["rows_read"] == n
+    assert st["train_index"]["dropped"]["cutout_not_ok"] == failed
+    assert st["train_index"]["dropped"]["nonfinite_stamp"] == r_only
+    assert S.conversion_is_current(root, cache)
+    table, summary = score_files(str(tmp_path / "model" / "best.pt"), list_stamp_files(cache, "test"))
+    n, failed, r_only = _expect(truth, "test")
+    assert table.num_rows == summary["kept"] == n - failed - r_only

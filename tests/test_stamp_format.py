@@ -282,3 +282,81 @@ def test_read_columns(tmp_path):
         read_columns([a, b], ["sample_id", "nope"])
     with pytest.raises(ValueError, match="stamp"):
         read_columns([a], ["sample_id", "stamp"])
+
+
+def _is_mapped(a: np.ndarray) -> bool:
+    import mmap
+
+    while a is not None:
+        if isinstance(a, mmap.mmap):
+            return True
+        a = a.obj if isinstance(a, memoryview) else getattr(a, "base", None)
+    return False
+
+
+def test_stamp_file_zero_copy_and_fallbacks(tmp_path):
+    """StampFile maps the stamps of our files without decoding and reads any other layout through Arrow."""
+    from darkhaloscope.stamp_format import StampFile
+
+    cols, stamps, ctrl = _inputs(7)
+    valid = np.array([True, True, False, True, True, False, True])
+    path = write_stamp_file(tmp_path / "ours.parquet", cols, stamps, ctrl, row_group_size=3, ctrl_valid=valid)
+    with StampFile(path) as f:
+        assert f.metadata.num_row_groups == 3
+        for rg, sl in enumerate((slice(0, 3), slice(3, 6), slice(6, 7))):
+            got, v = f.stamps(rg)
+            assert _is_mapped(got) and not got.flags.writeable  # zero copy, read-only
+            assert v.all()
+            np.testing.assert_array_equal(got, stamps[sl])
+            c, cv = f.stamps(rg, "ctrl_stamp")  # nulls: read through Arrow
+            np.testing.assert_array_equal(cv, valid[sl])
+            np.testing.assert_array_equal(c[cv], ctrl[sl][cv])
+            assert f.read_row_group(rg, ["sample_id"]).column(0).to_pylist() == cols["sample_id"][sl].tolist()
+    # a large row group (more values than Arrow's default write batch) is still one page
+    big = np.random.default_rng(1).normal(size=(1100, 3, 64, 64)).astype(np.float32)
+    p = write_stamp_file(tmp_path / "big.parquet", {"sample_id": np.arange(1100), "is_control": np.arange(1100) % 2,
+                                                    "cutout_ok": np.ones(1100)}, big, row_group_size=1100)
+    with StampFile(p) as f:
+        got, _ = f.stamps(0)
+        assert _is_mapped(got)
+        np.testing.assert_array_equal(got, big)
+    del got
+
+    # other layouts: same values through Arrow (never a wrong view)
+    arr = sf._stamp_array(stamps)
+    variants = {
+        "page_v2": (dict(data_page_version="2.0", compression="none", use_dictionary=False), True),
+        "zstd": (dict(compression="zstd", use_dictionary=False), False),
+        "dictionary": (dict(compression="none", use_dictionary=True), False),
+        "many_pages": (dict(compression="none", use_dictionary=False, data_page_size=1, write_batch_size=2), False),
+    }
+    for name, (kw, mapped) in variants.items():
+        q = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"sample_id": cols["sample_id"], "stamp": arr}), q, row_group_size=4, **kw)
+        with StampFile(q) as f:
+            for rg, sl in enumerate((slice(0, 4), slice(4, 7))):
+                got, v = f.stamps(rg)
+                assert v.all() and _is_mapped(got) == mapped, name
+                np.testing.assert_array_equal(got, stamps[sl])
+    legacy = tmp_path / "legacy.parquet"
+    pq.write_table(pa.table({"stamp": pa.FixedSizeListArray.from_arrays(
+        pa.array(stamps.reshape(-1)), type=legacy_stamp_arrow_type())}), legacy, compression="none")
+    with StampFile(legacy) as f:
+        got, _ = f.stamps(0)
+        assert not _is_mapped(got)
+        np.testing.assert_array_equal(got, stamps)
+    # a page header that does not describe the expected page is not trusted
+    import mmap
+
+    cc = pq.ParquetFile(path).metadata.row_group(0).column(len(cols))
+    raw = bytearray(open(path, "rb").read())
+    for pos, byte in ((cc.data_page_offset, 0xFF), (cc.data_page_offset + 1, 0x02)):  # garbage / page type 1
+        bad = bytearray(raw)
+        bad[pos] = byte
+        mm = mmap.mmap(-1, len(bad))
+        mm.write(bytes(bad))
+        assert sf._stamp_page_view(mm, cc, 3, 49152) is None
+    mm = mmap.mmap(-1, len(raw))
+    mm.write(bytes(raw))
+    assert sf._stamp_page_view(mm, cc, 3, 49152) is not None
+    assert sf._stamp_page_view(mm, cc, 3, 6 * 64 * 64 * 4) is None  # wrong width

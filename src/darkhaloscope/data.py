@@ -38,8 +38,9 @@ from darkhaloscope.stamp_format import (
     CTRL_STAMP_COLUMN,
     STAMP_BANDS,
     STAMP_COLUMN,
+    STAMP_COLUMNS,
     STAMP_SIZE,
-    stamps_and_valid,
+    StampFile,
 )
 
 NORM_METHODS: tuple[str, ...] = ("full", "outer")
@@ -174,14 +175,32 @@ def _stats_block(pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return med, _middle_select(pix)
 
 
+@functools.lru_cache(maxsize=32)
+def _outer_runs(height: int, width: int, outer_radius: float) -> tuple[tuple[int, int], ...]:
+    """:func:`outer_pixel_index` as runs of consecutive flat indices (start, stop), in order."""
+    idx = outer_pixel_index(height, width, outer_radius)
+    cut = np.flatnonzero(np.diff(idx) != 1) + 1
+    starts = np.r_[idx[0], idx[cut]]
+    stops = np.r_[idx[cut - 1] + 1, idx[-1] + 1]
+    return tuple(zip(starts.tolist(), stops.tolist()))
+
+
 def _stat_pixels(flat: np.ndarray, cfg: NormConfig, h: int, w: int) -> np.ndarray:
     """A fresh (R, n) float32 copy of the pixels the statistics use (scratch for :func:`_stats_block`)."""
     if cfg.method == "full":
         return np.array(flat, dtype=np.float32, order="C")
     if cfg.method == "outer":
-        return np.take(flat, outer_pixel_index(h, w, float(cfg.outer_radius)), axis=-1).astype(
-            np.float32, copy=False
-        )
+        runs = _outer_runs(h, w, float(cfg.outer_radius))
+        if len(runs) > 2 * h:  # a fragmented set (not an annulus): one gather
+            idx = outer_pixel_index(h, w, float(cfg.outer_radius))
+            return np.take(flat, idx, axis=-1).astype(np.float32, copy=False)
+        # an annulus is ~h runs of whole rows and row ends: slice copies beat a gather ~2x
+        out = np.empty((flat.shape[0], sum(b - a for a, b in runs)), np.float32)
+        o = 0
+        for a, b in runs:
+            out[:, o : o + b - a] = flat[:, a:b]
+            o += b - a
+        return out
     raise ValueError(f"unknown norm method {cfg.method!r}; valid: {list(NORM_METHODS)}")  # pragma: no cover
 
 
@@ -216,8 +235,9 @@ def normalize(x: np.ndarray, cfg: NormConfig, out: np.ndarray | None = None) -> 
     normalises in place). The statistics are those of :func:`robust_stats`;
     non-finite inputs give non-finite outputs (the index drops non-finite stamps).
 
-    Works block by block (:data:`_BLOCK_ROWS` sample-channels at a time) so the
-    scratch copies stay in cache; the result does not depend on the blocking.
+    Works block by block (about :data:`_BLOCK_ROWS` sample-channels at a time) so
+    the scratch copies stay in cache; the result does not depend on the blocking.
+    ``out=x`` is safe: a block's statistics are computed before it is overwritten.
     """
     x = np.asarray(x)
     if x.ndim != 4:
@@ -231,18 +251,25 @@ def normalize(x: np.ndarray, cfg: NormConfig, out: np.ndarray | None = None) -> 
             f"normalize: out must be a writeable C-contiguous float32 array of shape {x.shape}, "
             f"got {out.dtype} {out.shape}"
         )
-    b, c, h, w = x.shape
-    flat = x.reshape(b * c, h * w)
+    return _normalize_blocks(lambda b0, b1: x[b0:b1], x.shape, cfg, out)
+
+
+def _normalize_blocks(raw_block, shape: tuple[int, ...], cfg: NormConfig, out: np.ndarray) -> np.ndarray:
+    """:func:`normalize` of a (B, C, H, W) batch whose raw pixels ``raw_block(b0, b1)`` hands
+    out a block of samples at a time (a view, or rows gathered into a scratch buffer), into ``out``."""
+    b, c, h, w = shape
     oflat = out.reshape(b * c, h * w)
     lo, hi = cfg.clip
     k = np.float32(MAD_TO_SIGMA)
     eps = np.float32(NORM_EPS)
-    for r0 in range(0, b * c, _BLOCK_ROWS):
-        r1 = min(r0 + _BLOCK_ROWS, b * c)
-        med, mad = _stats_block(_stat_pixels(flat[r0:r1], cfg, h, w))
+    per = max(1, _BLOCK_ROWS // max(c, 1))  # samples per block
+    for b0 in range(0, b, per):
+        b1 = min(b0 + per, b)
+        flat = np.asarray(raw_block(b0, b1)).reshape((b1 - b0) * c, h * w)
+        med, mad = _stats_block(_stat_pixels(flat, cfg, h, w))
         scale = k * mad + eps
-        o = oflat[r0:r1]
-        np.subtract(flat[r0:r1], med[:, None], out=o, dtype=np.float32)
+        o = oflat[b0 * c : b1 * c]
+        np.subtract(flat, med[:, None], out=o, dtype=np.float32)
         o /= scale[:, None]
         np.clip(o, lo, hi, out=o)
     return out
@@ -400,17 +427,18 @@ class StampIndex:
         labs: list[np.ndarray] = []
         rg_starts: list[np.ndarray] = []
         n_read = 0
+        meta_required = [c for c in required if c not in STAMP_COLUMNS]
         for fi, path in enumerate(files):
-            pf = pq.ParquetFile(path, memory_map=True)
-            names = pf.schema_arrow.names
+            sf = StampFile(path)
+            names = sf.schema_arrow.names
             for c in required:
                 if c not in names:
                     raise ValueError(f"{path}: required column {c!r} missing (has {names})")
-            md = pf.metadata
+            md = sf.metadata
             sizes = np.array([md.row_group(i).num_rows for i in range(md.num_row_groups)], np.int64)
             rg_starts.append(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
             for rg in range(md.num_row_groups):
-                t = pf.read_row_group(rg, columns=required)
+                t = sf.read_row_group(rg, meta_required)
                 n = t.num_rows
                 if n == 0:
                     continue
@@ -425,12 +453,12 @@ class StampIndex:
                 counts["cutout_not_ok"] += int((~ok).sum())
 
                 if require_ctrl:
-                    ctrl, cvalid = stamps_and_valid(t.column(CTRL_STAMP_COLUMN), name=CTRL_STAMP_COLUMN)
+                    ctrl, cvalid = sf.stamps(rg, CTRL_STAMP_COLUMN)
                     drop = alive & ~cvalid
                     counts["missing_ctrl"] += int(drop.sum())
                     alive &= ~drop
 
-                stamps, svalid = stamps_and_valid(t.column(STAMP_COLUMN), name=STAMP_COLUMN)
+                stamps, svalid = sf.stamps(rg, STAMP_COLUMN)
                 fin = svalid & np.isfinite(stamps.reshape(n, -1)).all(axis=1)
                 if require_ctrl:
                     fin &= np.isfinite(ctrl.reshape(n, -1)).all(axis=1)
@@ -465,6 +493,7 @@ class StampIndex:
                     sids.append(sid[rows])
                     labs.append(pos[rows].astype(np.int8))
                 del t, stamps
+            sf.close()
 
         sample_ids = np.concatenate(sids) if sids else np.zeros(0, np.int64)
         labels = np.concatenate(labs) if labs else np.zeros(0, np.int8)
@@ -538,7 +567,8 @@ class StampDataset(IterableDataset):
     Use with ``DataLoader(batch_size=None)`` (see :func:`make_loader`).
 
     Work unit: a chunk = (file, row group) restricted to the index's kept rows,
-    read once with ``ParquetFile.read_row_group``. Per epoch the chunk list is
+    read once (its stamps zero-copy from the mapped file, see
+    :class:`darkhaloscope.stamp_format.StampFile`). Per epoch the chunk list is
     permuted (``shuffle``) by a Generator seeded with (seed, epoch) - identical on
     every rank - and dealt round-robin to ``world_size * num_workers`` shards
     (shard = rank * num_workers + worker_id), so every kept sample is yielded
@@ -655,19 +685,15 @@ class StampDataset(IterableDataset):
 
     # -- reading -------------------------------------------------------------------
     #
-    # A chunk is read once (one memcpy of its stamp bytes out of the memory-mapped
-    # file) and its images stay where Arrow put them; a batch gathers its rows
-    # straight from the chunks' arrays into the batch buffer, which is then
-    # normalised in place. Per sample that is one copy of the raw pixels plus the
-    # normalisation (none at all in evaluation mode, where a batch is a contiguous
-    # slice of one chunk and is normalised from the Arrow buffer into a new array).
+    # A chunk's stamps are a read-only view into the memory-mapped file (no decoding,
+    # no copy; see StampFile), or Arrow-decoded for other layouts. A batch gathers its
+    # rows from the chunks a block at a time into a cache-resident scratch buffer and
+    # normalises them from there into the batch array (see _normalized_batch).
 
-    def _read_chunk(self, pf: pq.ParquetFile, ch: Chunk) -> dict[str, Any]:
-        cols = ["sample_id", "is_control", STAMP_COLUMN]
-        if self.input_channels == 6:
-            cols.append(CTRL_STAMP_COLUMN)
+    def _read_chunk(self, sf: StampFile, ch: Chunk) -> dict[str, Any]:
+        cols = ["sample_id", "is_control"]
         cols += [c for c in self.meta_cols if c not in cols]
-        t = pf.read_row_group(ch.row_group, columns=cols, use_threads=False)
+        t = sf.read_row_group(ch.row_group, cols)
         if t.num_rows != ch.n_rows_group:
             raise RuntimeError(
                 f"{self.index.files[ch.file_idx]} row group {ch.row_group} has {t.num_rows} rows, "
@@ -680,7 +706,7 @@ class StampDataset(IterableDataset):
             return a if rows is None else a[rows]
 
         def images(name: str) -> np.ndarray:
-            x, _ = stamps_and_valid(t.column(name), nb, STAMP_SIZE, name=name)
+            x, _ = sf.stamps(ch.row_group, name, nb, STAMP_SIZE)  # a view into the mapped file when possible
             return x if x.dtype == np.float32 else x.astype(np.float32)  # native byte order
 
         imgs = (images(STAMP_COLUMN), images(CTRL_STAMP_COLUMN) if self.input_channels == 6 else None)
@@ -713,23 +739,39 @@ class StampDataset(IterableDataset):
             m = np.flatnonzero(pidx == p)
             out[m] = srcs[int(p)][ridx[m]]
 
-    def _raw_images(
-        self, imgs: Sequence[tuple], pidx: np.ndarray, ridx: np.ndarray
-    ) -> tuple[np.ndarray, bool]:
-        """(B, C, 64, 64) raw pixels of the batch rows and whether the array is ours to overwrite."""
+    def _normalized_batch(self, imgs: Sequence[tuple], pidx: np.ndarray, ridx: np.ndarray) -> np.ndarray:
+        """Normalised (B, C, 64, 64) float32 images of the batch rows (row i = ``imgs[pidx[i]]`` row ``ridx[i]``).
+
+        The raw rows are gathered a block at a time into a small scratch buffer that
+        stays in cache and normalised from there into the batch array, so the raw
+        pixels are read once from the chunk and the batch is written once. A
+        3-channel batch that is a contiguous slice of one chunk (evaluation mode) is
+        normalised straight from the chunk's (mapped) buffer.
+        """
         b = len(ridx)
         nb = len(STAMP_BANDS)
-        if self.input_channels == 3 and b:
+        c = self.input_channels
+        shape = (b, c, STAMP_SIZE, STAMP_SIZE)
+        out = np.empty(shape, np.float32)
+        if c == 3 and b:
             p0, r0 = int(pidx[0]), int(ridx[0])
             if (pidx == p0).all() and ridx[-1] - r0 == b - 1 and (np.diff(ridx) == 1).all():
-                return imgs[p0][0][r0 : r0 + b], False  # a contiguous slice of one chunk: no copy
-        buf = np.empty((b, self.input_channels, STAMP_SIZE, STAMP_SIZE), np.float32)
-        if self.input_channels == 3:
-            self._gather([im[0] for im in imgs], pidx, ridx, buf)
-        else:
-            self._gather([im[0] for im in imgs], pidx, ridx, buf[:, :nb])
-            self._gather([im[1] for im in imgs], pidx, ridx, buf[:, nb:])
-        return buf, True
+                src = imgs[p0][0]
+                return _normalize_blocks(lambda b0, b1: src[r0 + b0 : r0 + b1], shape, self.norm_cfg, out)
+        scratch = np.empty((max(1, _BLOCK_ROWS // c),) + shape[1:], np.float32)
+        stamp_srcs = [im[0] for im in imgs]
+        ctrl_srcs = [im[1] for im in imgs] if c == 6 else None
+
+        def raw_block(b0: int, b1: int) -> np.ndarray:
+            sb = scratch[: b1 - b0]
+            if c == 3:
+                self._gather(stamp_srcs, pidx[b0:b1], ridx[b0:b1], sb)
+            else:
+                self._gather(stamp_srcs, pidx[b0:b1], ridx[b0:b1], sb[:, :nb])
+                self._gather(ctrl_srcs, pidx[b0:b1], ridx[b0:b1], sb[:, nb:])
+            return sb
+
+        return _normalize_blocks(raw_block, shape, self.norm_cfg, out)
 
     def _make_batch(
         self,
@@ -739,8 +781,7 @@ class StampDataset(IterableDataset):
         part: dict[str, np.ndarray],
         rng_aug: np.random.Generator | None,
     ):
-        raw, owned = self._raw_images(imgs, pidx, ridx)
-        x = normalize(raw, self.norm_cfg, out=raw if owned else None)
+        x = self._normalized_batch(imgs, pidx, ridx)
         if rng_aug is not None:
             x = augment(x, rng_aug)
         meta = part["meta"]
@@ -778,7 +819,7 @@ class StampDataset(IterableDataset):
         group = self.buffer_chunks if self.shuffle else 1
         bs = self.batch_size
         small_keys = ("y", "sid", "meta")
-        files: dict[int, pq.ParquetFile] = {}
+        files: dict[int, StampFile] = {}
         carry: dict[str, Any] | None = None
         try:
             for g0 in range(0, len(chunk_ids), group):
@@ -787,7 +828,7 @@ class StampDataset(IterableDataset):
                     ch = self.index.chunks[int(cid)]
                     pf = files.get(ch.file_idx)
                     if pf is None:
-                        pf = files[ch.file_idx] = pq.ParquetFile(self.index.files[ch.file_idx], memory_map=True)
+                        pf = files[ch.file_idx] = StampFile(self.index.files[ch.file_idx])
                     parts.append(self._read_chunk(pf, ch))
                 # the pool: row i is row ridx[i] of parts[pidx[i]]["imgs"]
                 imgs = [p["imgs"] for p in parts]

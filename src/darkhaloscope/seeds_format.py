@@ -53,7 +53,7 @@ Decisions (documented contract of the conversion):
 - ``src_file`` (path relative to the source root) and ``src_row`` trace every
   row back to the seeds' data. All source metadata columns are carried as they
   are (the contract columns cast to their contract types).
-- Float values are stored bit-exactly: float32 arrays are copied, other float
+- Float values are stored bit-exactly: float32 arrays are copied, other numeric
   dtypes are cast to float32.
 """
 
@@ -484,6 +484,9 @@ def convert_seeds_to_stamps(
     ignored = sorted(s for s in listing if s not in SPLITS)
     if ignored:
         log.warning("seeds conversion: ignoring %s=%s (not one of %s)", SPLIT_KEY, ignored, list(SPLITS))
+    if not present:
+        raise ValueError(f"{src_root!r}: no {SPLIT_KEY}= directory of {list(SPLITS)} holds parquet files "
+                         f"(found {sorted(listing)})")
 
     tasks = []
     for split in present:
@@ -496,6 +499,7 @@ def convert_seeds_to_stamps(
 
     tmp = f"{dst_root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
     try:
         args = [(src_root, split, files, ids, os.path.join(tmp, split, part_file_name(g)), int(row_group_size))
                 for split, g, files, ids in tasks]

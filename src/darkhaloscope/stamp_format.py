@@ -33,6 +33,7 @@ written, so every file of every split has the same schema for them.
 from __future__ import annotations
 
 import glob
+import mmap
 import os
 from typing import Iterable, Mapping, Sequence
 
@@ -200,8 +201,9 @@ def write_stamp_file(
     ``ctrl_valid`` (optional, bool (N,)) marks which ``ctrl_stamp`` rows are
     present; False rows are written as nulls.
 
-    Stamp columns are stored uncompressed without dictionary or statistics (fast
-    to load); the other columns zstd. The same inputs give a byte-identical file
+    Stamp columns are stored uncompressed without dictionary or statistics, one
+    data page per row group (so :class:`StampFile` maps them without decoding);
+    the other columns zstd. The same inputs give a byte-identical file
     (no timestamps are written). The file is written to ``path + ".tmp"`` and
     renamed into place with :func:`os.replace`, so a crash never leaves a file at
     ``path`` that looks complete. Returns ``path`` as a string.
@@ -275,6 +277,10 @@ def write_stamp_file(
             compression=compression,
             use_dictionary=meta_leaves,  # never dictionary-encode the stamp floats
             write_statistics=meta_leaves,  # nor compute statistics over them
+            # one data page per column chunk, so a row group's stamps lie back to back in
+            # the file and StampFile can map them without decoding (see _stamp_page_view)
+            data_page_size=max(1 << 20, int(row_group_size) * int(stamps[0].nbytes if n else 0) + (1 << 16)),
+            write_batch_size=max(1024, int(row_group_size)),
             store_schema=True,
         )
         with open(tmp, "rb+") as fh:
@@ -408,6 +414,202 @@ def stamps_and_valid(
         )
     valid = np.ones(n, dtype=bool) if nulls is None else ~nulls
     return flat.reshape(n, int(n_channels), int(size), int(size)), valid
+
+
+# ----------------------------------------------------------------------------- zero-copy row groups
+#
+# A stamp column written by write_stamp_file is, in each row group, ONE Parquet data
+# page, PLAIN-encoded and uncompressed: its payload ends with the row group's stamps
+# back to back (preceded only by a few bytes of definition levels). For such a
+# column chunk the stamps are a read-only numpy view straight into the memory-mapped
+# file: no decoding and no copy (Arrow's reader would memcpy every value). The page
+# header is parsed (Thrift compact protocol) to verify the layout; anything else
+# (legacy list columns, nulls, several pages, compression, dictionary) is read
+# through Arrow, with the same result.
+
+_T_STOP, _T_TRUE, _T_FALSE, _T_BYTE, _T_I16, _T_I32, _T_I64, _T_DOUBLE, _T_BINARY, _T_LIST, _T_SET, _T_MAP, \
+    _T_STRUCT = range(13)
+_PAGE_DATA, _PAGE_DATA_V2 = 0, 3
+_ENC_PLAIN = 0
+
+
+class _Thrift:
+    """Just enough of Thrift's compact protocol to read a Parquet PageHeader."""
+
+    def __init__(self, buf: bytes) -> None:
+        self.b = buf
+        self.i = 0
+
+    def byte(self) -> int:
+        v = self.b[self.i]
+        self.i += 1
+        return v
+
+    def varint(self) -> int:
+        out = shift = 0
+        while True:
+            c = self.byte()
+            out |= (c & 0x7F) << shift
+            if not c & 0x80:
+                return out
+            shift += 7
+            if shift > 70:
+                raise ValueError("bad varint")
+
+    def zigzag(self) -> int:
+        v = self.varint()
+        return (v >> 1) ^ -(v & 1)
+
+    def value(self, t: int):
+        if t in (_T_TRUE, _T_FALSE):
+            return t == _T_TRUE
+        if t == _T_BYTE:
+            return self.byte()
+        if t in (_T_I16, _T_I32, _T_I64):
+            return self.zigzag()
+        if t == _T_DOUBLE:
+            self.i += 8
+            return None
+        if t == _T_BINARY:
+            n = self.varint()
+            self.i += n
+            return None
+        if t in (_T_LIST, _T_SET):
+            h = self.byte()
+            n, et = h >> 4, h & 0x0F
+            if n == 15:
+                n = self.varint()
+            for _ in range(n):
+                if et in (_T_TRUE, _T_FALSE):
+                    self.i += 1
+                else:
+                    self.value(et)
+            return None
+        if t == _T_MAP:
+            n = self.varint()
+            if n:
+                kv = self.byte()
+                for _ in range(n):
+                    self.value(kv >> 4)
+                    self.value(kv & 0x0F)
+            return None
+        if t == _T_STRUCT:
+            return self.struct()
+        raise ValueError(f"unknown thrift type {t}")
+
+    def struct(self) -> dict[int, object]:
+        out: dict[int, object] = {}
+        fid = 0
+        while True:
+            h = self.byte()
+            t = h & 0x0F
+            if t == _T_STOP:
+                return out
+            delta = h >> 4
+            fid = fid + delta if delta else self.zigzag()
+            out[fid] = self.value(t)
+
+
+def _stamp_page_view(mm: mmap.mmap, cc: "pq.ColumnChunkMetaData", n: int, width: int) -> np.ndarray | None:
+    """Flat little-endian float32 view of a column chunk's n values of ``width`` bytes, or None."""
+    if (cc.physical_type != "FIXED_LEN_BYTE_ARRAY" or cc.compression != "UNCOMPRESSED"
+            or cc.has_dictionary_page or cc.num_values != n or n == 0
+            or not set(cc.encodings) <= {"PLAIN", "RLE", "BIT_PACKED"}):
+        return None
+    start = cc.data_page_offset
+    end = start + cc.total_compressed_size
+    if start < 0 or end > len(mm):
+        return None
+    try:
+        th = _Thrift(mm[start : min(end, start + 4096)])
+        hdr = th.struct()
+    except (ValueError, IndexError):
+        return None
+    page_type, usize, csize = hdr.get(1), hdr.get(2), hdr.get(3)
+    if usize != csize or not isinstance(csize, int):
+        return None
+    if page_type == _PAGE_DATA:
+        dph = hdr.get(5)
+        if not isinstance(dph, dict) or dph.get(1) != n or dph.get(2) != _ENC_PLAIN:
+            return None
+    elif page_type == _PAGE_DATA_V2:
+        dph = hdr.get(8)
+        if not isinstance(dph, dict) or dph.get(1) != n or dph.get(2) != 0 or dph.get(4) != _ENC_PLAIN:
+            return None
+    else:
+        return None
+    nbytes = n * width
+    payload_end = start + th.i + csize
+    # one page holding all n values (its payload is the values plus a few bytes of levels:
+    # a single null would take away `width` bytes), and nothing after it in the chunk
+    if payload_end != end or csize < nbytes or csize - nbytes > 64 + n // 4:
+        return None
+    flat = np.frombuffer(mm, dtype=STAMP_DTYPE, count=nbytes // STAMP_DTYPE.itemsize, offset=end - nbytes)
+    flat.flags.writeable = False
+    return flat
+
+
+class StampFile:
+    """Row-group access to one stamp file: metadata through Arrow, stamp columns zero-copy where possible.
+
+    ``read_row_group(i, columns)`` is :meth:`pyarrow.parquet.ParquetFile.read_row_group`;
+    :meth:`stamps` returns a row group's stamps and their validity - a read-only view
+    into the memory-mapped file when the column chunk has the layout
+    :func:`write_stamp_file` gives it (one PLAIN, uncompressed page without nulls),
+    else decoded by Arrow (any layout :func:`stamps_and_valid` accepts). The views
+    keep the mapping alive; do not modify the file in place while they exist.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self.pf = pq.ParquetFile(self.path, memory_map=True)
+        self.metadata = self.pf.metadata
+        self.schema_arrow = self.pf.schema_arrow
+        self._mm: mmap.mmap | None = None
+        self._leaf: dict[str, int] = {}
+        rg0 = self.metadata.row_group(0) if self.metadata.num_row_groups else None
+        if rg0 is not None:
+            for j in range(rg0.num_columns):
+                self._leaf.setdefault(rg0.column(j).path_in_schema, j)
+
+    def read_row_group(self, i: int, columns: Sequence[str]) -> pa.Table:
+        return self.pf.read_row_group(i, columns=list(columns), use_threads=False)
+
+    def _map(self) -> mmap.mmap | None:
+        if self._mm is None:
+            try:
+                with open(self.path, "rb") as fh:
+                    self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                return None
+        return self._mm
+
+    def stamps(
+        self, i: int, name: str = STAMP_COLUMN, n_channels: int = 3, size: int = STAMP_SIZE
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(stamps (N, n_channels, size, size) float32, valid (N,) bool) of row group ``i``."""
+        n = self.metadata.row_group(i).num_rows
+        width = int(n_channels) * int(size) * int(size) * STAMP_DTYPE.itemsize
+        j = self._leaf.get(name)
+        field = self.schema_arrow.field(name) if name in self.schema_arrow.names else None
+        if (j is not None and field is not None and pa.types.is_fixed_size_binary(field.type)
+                and field.type.byte_width == width):
+            mm = self._map()
+            flat = None if mm is None else _stamp_page_view(mm, self.metadata.row_group(i).column(j), n, width)
+            if flat is not None:
+                return flat.reshape(n, int(n_channels), int(size), int(size)), np.ones(n, dtype=bool)
+        t = self.pf.read_row_group(i, columns=[name], use_threads=False)
+        return stamps_and_valid(t.column(name), n_channels, size, name=name)
+
+    def close(self) -> None:
+        self.pf.close()
+        self._mm = None  # the mapping closes when the last view of it is gone
+
+    def __enter__(self) -> "StampFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def list_stamp_files(root: str | os.PathLike, split: str) -> list[str]:

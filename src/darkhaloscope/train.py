@@ -180,13 +180,23 @@ def improved(value: float, best: float | None, monitor: str, min_delta: float) -
 
 
 def build_index(files, setup: Setup, stage: dict | None):
-    return StampIndex.build(
-        files,
-        min_theta_over_psf=float(stage["min_theta_over_psf"]) if stage else 0.0,
-        min_arc_snr=float(stage["min_arc_snr"]) if stage else 0.0,
-        require_ctrl=setup.input_channels == 6,
-        meta_cols=setup.meta_cols,
-    )
+    """The stage's index of ``files``; an empty class names the params that emptied it."""
+    try:
+        return StampIndex.build(
+            files,
+            min_theta_over_psf=float(stage["min_theta_over_psf"]) if stage else 0.0,
+            min_arc_snr=float(stage["min_arc_snr"]) if stage else 0.0,
+            require_ctrl=setup.input_channels == 6,
+            meta_cols=setup.meta_cols,
+        )
+    except ValueError as e:
+        if "is left after the filters" not in str(e):
+            raise
+        where = (f"train.curriculum stage {stage['name']!r} (min_theta_over_psf {stage['min_theta_over_psf']}, "
+                 f"min_arc_snr {stage['min_arc_snr']})" if stage else "the validation split")
+        raise ValueError(f"{where}, train.input_channels {setup.input_channels}, train.meta_cols "
+                         f"{list(setup.meta_cols)}: {e}. Lower the thresholds in params.yaml or check the stamps "
+                         f"stage's metrics (metrics/stamps.json)") from None
 
 
 def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_from: str | None,
@@ -350,7 +360,8 @@ def train(params: dict, stamps_root: str, out_dir: str, resume: bool = True, pro
     ``out_dir/best.pt`` is a copy of the final stage's best checkpoint.
     ``stamps_root`` may also hold the seeds' Phase 4c parquet (``region_split=<split>/``,
     ``stamp_npz`` blobs): it is then converted once into ``seeds_cache`` (default
-    ``<stamps_root>_converted``) and read from there (:func:`darkhaloscope.seeds_format.resolve_stamp_root`).
+    ``$DHS_SEEDS_CACHE`` or ``<stamps_root>_converted``) and read from there
+    (:func:`darkhaloscope.seeds_format.resolve_stamp_root`).
     """
     stamps_root = resolve_stamp_root(stamps_root, seeds_cache)
     setup = Setup.from_params(params)

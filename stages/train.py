@@ -9,7 +9,8 @@ from darkhaloscope.train import is_main_process, train
 
 
 def main(p: dict) -> None:
-    res = train(p, "data/stamps", "data/model", resume=os.environ.get("DHS_RESUME", "1") == "1")
+    res = train(p, "data/stamps", "data/model", resume=os.environ.get("DHS_RESUME", "1") == "1",
+                hard_negatives="data/hard_negatives/hard_negatives.parquet")
     if not is_main_process():  # under torchrun only rank 0 writes metrics
         return
     history = [rec for st in res["stages"] for rec in st["history"]]

@@ -13,8 +13,9 @@ from .survey.coadds import EXTENSIONS
 def cache_coadds(root: str, bricks: list[str], bands, out_dir: str) -> dict:
     """Copy each brick's coadds from ``root`` (local or s3://) to ``out_dir`` in the DR10 layout.
 
-    Missing files are not an error here: they are listed in the returned report
-    (and Phase 4c marks the affected stamps ``cutout_ok = 0`` with the reason).
+    Missing files are not an error here: they are listed in the returned report (brick,
+    band, kind and the expected ``file`` path) and Phase 4c marks the affected stamps
+    ``cutout_ok = 0`` with the reason.
     The copy goes to a temporary directory renamed at the end.
     """
     tmp = out_dir.rstrip("/") + ".tmp"
@@ -28,13 +29,14 @@ def cache_coadds(root: str, bricks: list[str], bands, out_dir: str) -> dict:
                 src = next((fs.join(root, coadd_relpath(brick, band, kind, e)) for e in EXTENSIONS
                             if fs.exists(fs.join(root, coadd_relpath(brick, band, kind, e)))), None)
                 if src is None:
-                    missing.append({"brick": brick, "band": band, "kind": kind})
+                    missing.append({"brick": brick, "band": band, "kind": kind,
+                                    "file": fs.join(root, coadd_relpath(brick, band, kind, EXTENSIONS[0]))})
                     continue
                 ext = ".fits.fz" if src.endswith(".fits.fz") else ".fits"
                 dst = os.path.join(tmp, coadd_relpath(brick, band, kind, ext))
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 if fs.is_remote(src):
-                    fs.filesystem(src).get(src, dst)
+                    fs.get(src, dst)
                 else:
                     shutil.copyfile(src, dst)
                 n_files += 1

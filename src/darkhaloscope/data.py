@@ -51,6 +51,7 @@ DROP_REASONS: tuple[str, ...] = (
     "nonfinite_meta",
     "below_min_theta_over_psf",
     "below_min_arc_snr",
+    "excluded_brick",
 )
 MAD_TO_SIGMA = 1.4826
 NORM_EPS = 1e-8
@@ -392,6 +393,8 @@ class StampIndex:
         require_ctrl: bool = False,
         meta_cols: Sequence[str] = (),
         require_both_classes: bool = True,
+        exclude_bricks: Sequence[str] = (),
+        include_ids: np.ndarray | None = None,
     ) -> "StampIndex":
         """One pass over ``files`` (row group by row group) deciding the kept rows.
 
@@ -405,6 +408,12 @@ class StampIndex:
         left (the latter two only with ``require_both_classes``, which scoring of
         a one-class set such as known lenses turns off), is a ValueError naming
         the files and the filters.
+
+        ``exclude_bricks``: rows whose ``brickname`` is listed are dropped (counted
+        as ``excluded_brick``; the seeds' Gen5-Prime excluded two bad bricks).
+        ``include_ids``: if given, only rows with these sample ids are considered
+        at all (used to pick mined hard negatives out of the ``parent`` split);
+        the others are not counted as dropped.
         """
         files = [os.fspath(f) for f in files]
         if not files:
@@ -419,7 +428,11 @@ class StampIndex:
             required.append("arc_snr")
         if require_ctrl:
             required.append(CTRL_STAMP_COLUMN)
+        exclude_bricks = tuple(exclude_bricks)
+        if exclude_bricks:
+            required.append("brickname")
         required += [c for c in meta_cols if c not in required]
+        include = None if include_ids is None else np.unique(np.asarray(include_ids, dtype=np.int64))
 
         counts = {r: 0 for r in DROP_REASONS}
         chunks: list[Chunk] = []
@@ -449,8 +462,15 @@ class StampIndex:
                     raise ValueError(f"{path}: column 'is_control' has values other than 0/1")
                 ok = _column_numpy(t, "cutout_ok", path) == 1
                 pos = is_ctrl == 0
+                considered = np.isin(sid, include) if include is not None else np.ones(n, bool)
+                ok &= considered
                 alive = ok.copy()
-                counts["cutout_not_ok"] += int((~ok).sum())
+                counts["cutout_not_ok"] += int((~ok & considered).sum())
+                if exclude_bricks:
+                    bn = _column_numpy(t, "brickname", path).astype(str)
+                    drop = alive & np.isin(bn, exclude_bricks)
+                    counts["excluded_brick"] += int(drop.sum())
+                    alive &= ~drop
 
                 if require_ctrl:
                     ctrl, cvalid = sf.stamps(rg, CTRL_STAMP_COLUMN)
@@ -528,6 +548,32 @@ class StampIndex:
                 f"StampIndex: duplicate sample_id values {uniq[cnt > 1][:5].tolist()} in files {files}"
             )
         return index
+
+    def with_extra(self, other: "StampIndex", repeat: int = 1) -> "StampIndex":
+        """This index plus ``other``'s rows, each of them seen ``repeat`` times per epoch.
+
+        Used to add mined hard negatives to the training index. ``other``'s chunks are
+        repeated consecutively, so the per-file order of :meth:`read_kept_columns` still
+        matches ``sample_ids``.
+        """
+        if int(repeat) < 1:
+            raise ValueError(f"repeat must be >= 1, got {repeat}")
+        off = len(self.files)
+        bounds = np.concatenate([[0], np.cumsum([c.n for c in other.chunks])]).astype(np.int64)
+        chunks, sids, labs = list(self.chunks), [self.sample_ids], [self.labels]
+        for i, c in enumerate(other.chunks):
+            for _ in range(int(repeat)):
+                chunks.append(Chunk(c.file_idx + off, c.row_group, c.rows, c.n_rows_group))
+                sids.append(other.sample_ids[bounds[i]:bounds[i + 1]])
+                labs.append(other.labels[bounds[i]:bounds[i + 1]])
+        counts = {k: self.counts.get(k, 0) + other.counts.get(k, 0) for k in self.counts}
+        return StampIndex(
+            files=self.files + other.files, chunks=chunks, sample_ids=np.concatenate(sids),
+            labels=np.concatenate(labs), counts=counts, n_rows_read=self.n_rows_read + other.n_rows_read,
+            min_theta_over_psf=self.min_theta_over_psf, min_arc_snr=self.min_arc_snr,
+            require_ctrl=self.require_ctrl, meta_cols=self.meta_cols,
+            row_group_starts=self.row_group_starts + other.row_group_starts,
+        )
 
     def read_kept_columns(self, columns: Sequence[str]) -> dict[str, np.ndarray]:
         """Metadata columns of the kept rows, in index order (no stamp bytes read)."""

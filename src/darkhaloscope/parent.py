@@ -8,7 +8,7 @@ import pyarrow as pa
 from . import selection
 from .survey import fs
 from .survey.known_lenses import match_within, read_known_lenses
-from .survey.sweeps import read_sweeps
+from .survey.sweeps import SurveyError, read_sweeps
 
 # sweep columns carried into the parent sample (lower-cased)
 CARRY = ("RA", "DEC", "TYPE", "BRICKNAME", "OBJID", "FLUX_G", "FLUX_R", "FLUX_Z", "FLUX_W1",
@@ -22,6 +22,9 @@ def build_parent(params: dict) -> tuple[pa.Table, dict]:
     """Return (parent table sorted by row_id, summary dict of counts)."""
     sv, sel = params["survey"], params["selection"]
     paths = fs.glob(sv["root"], sv["sweep_glob"])
+    if not paths:
+        raise SurveyError(f"no sweep files match {fs.join(sv['root'], sv['sweep_glob'])}: check survey.root and "
+                          f"survey.sweep_glob in params.yaml (sweeps are FITS tables, e.g. sweep/sweep-*.fits)")
     cat, _ = read_sweeps(paths)
     n_in = len(cat["RA"])
     variant = sel["variant"]

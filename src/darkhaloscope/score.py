@@ -15,6 +15,18 @@ STRATA = ("row_id", "brickname", "ra", "dec", "config_id", "theta_e_arcsec", "th
           "arc_snr_int", "src_dmag", "psfsize_r", "psfdepth_r", "psf_fwhm_used_r", "magnification")
 
 
+def check_readable(files: list[str]) -> None:
+    """ValueError naming the first file that is not a readable parquet file (e.g. truncated)."""
+    if not files:
+        raise ValueError("no stamp files to score")
+    for f in files:
+        try:
+            pq.read_metadata(f)
+        except (OSError, pa.ArrowException) as e:
+            raise ValueError(f"{f}: not a readable stamp parquet file ({type(e).__name__}: {e}); "
+                             f"re-run the stage that wrote it (dvc repro stamps)") from None
+
+
 def score_files(ckpt_path: str, files: list[str], batch_size: int = 256) -> tuple[pa.Table, dict]:
     """Score every usable row of ``files``; returns (table sorted by sample_id, index summary).
 
@@ -23,6 +35,7 @@ def score_files(ckpt_path: str, files: list[str], batch_size: int = 256) -> tupl
     drops (cutout_ok = 0, non-finite stamps) are counted in the summary, not scored.
     """
     model, pre = model_from_checkpoint(ckpt_path)
+    check_readable(files)
     device, amp = device_and_amp()
     model.to(device)
     index = StampIndex.build(files, require_ctrl=pre.input_channels == 6, meta_cols=pre.meta_cols,

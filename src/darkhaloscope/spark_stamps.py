@@ -85,6 +85,28 @@ def write_file(out_dir: str, split: str, bucket: int, rows: list[dict], paired: 
             "nonfinite_stamps": int(sum(1 for r in rows if not np.isfinite(r["stamp"]).all()))}
 
 
+def summarize_stats(stats: list[dict]) -> dict:
+    """Per-split totals of :func:`write_file`'s per-file counts, as metrics/stamps.json reports them.
+
+    Every failed cutout is counted under its reason (``off_brick_edge``, ``missing_coadd``,
+    ``coadd_error``), every row whose PSF FWHM fell back to another band under
+    ``psf_fallback_rows`` and every non-finite stamp under ``nonfinite_stamps``.
+    """
+    splits: dict[str, dict] = {}
+    for s in stats:
+        d = splits.setdefault(s["split"], {"rows": 0, "cutout_ok": 0, "fail_reasons": {}, "psf_fallback_rows": 0,
+                                           "nonfinite_stamps": 0, "files": 0})
+        d["rows"] += s["rows"]
+        d["cutout_ok"] += s["cutout_ok"]
+        d["psf_fallback_rows"] += s["psf_fallback_rows"]
+        d["nonfinite_stamps"] += s["nonfinite_stamps"]
+        d["files"] += 1
+        for k, v in s["fail_reasons"].items():
+            d["fail_reasons"][k] = d["fail_reasons"].get(k, 0) + v
+    return {"splits": splits, "n_rows": sum(d["rows"] for d in splits.values()),
+            "n_cutout_failed": sum(d["rows"] - d["cutout_ok"] for d in splits.values())}
+
+
 def run_stamps(rows: list[dict], coadd_root: str, out_dir: str, params: dict,
                gallery_ids: frozenset = frozenset(), splits=SPLITS) -> tuple[list[dict], list[dict]]:
     """Run Phase 4c under Spark, writing into ``out_dir`` (the caller makes it atomic).

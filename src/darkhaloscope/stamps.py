@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .lensing import get_engine
 from .lensing.psf import psf_kernel
-from .lensing.render import (arc_snr_integrated, arc_snr_peak, get_renderer, inject_bands,
-                             source_band_fluxes)
+from .lensing.render import arc_snr_integrated, arc_snr_peak, inject_bands, source_band_fluxes
 from .survey.coadds import find_coadd, read_coadd
 from .survey.sweeps import SurveyError
 
@@ -96,7 +96,7 @@ def process_brick(brick: str, rows: list[dict], coadd_root: str, inj: dict, band
     """
     size = int(inj["stamp_size"])
     co = BrickCoadds(coadd_root, brick, bands)
-    renderer = get_renderer(size, float(inj["pixel_scale"]), int(inj["supersample"]))
+    renderer = get_engine(inj.get("engine", "lenstronomy"), size, float(inj["pixel_scale"]), int(inj["supersample"]))
     kernels: dict = {}
     out = []
     for row in rows:

@@ -24,6 +24,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .data import NormConfig, StampDataset, StampIndex, make_loader
 from .losses import build_loss
 from .models import MetaScaler, build_model, check_meta_cols
+from .params import ParamsError
 from .seeds_format import resolve_stamp_root
 from .stamp_format import list_stamp_files
 
@@ -58,6 +59,8 @@ class Setup:
     focal_gamma: float
     label_smoothing: float
     pos_weight: float
+    exclude_bricks: tuple
+    hard_negative_repeat: int
     monitor: str
     patience: int
     min_delta: float
@@ -67,7 +70,10 @@ class Setup:
     @classmethod
     def from_params(cls, p: dict) -> "Setup":
         t = p["train"]
-        check_meta_cols(list(t["meta_cols"]))  # seeds' E1: refuse label-derived metadata up front
+        try:  # seeds' E1: refuse label-derived metadata up front
+            check_meta_cols(list(t["meta_cols"]))
+        except (ValueError, TypeError) as e:
+            raise ParamsError(f"train.meta_cols: {e}") from None
         return cls(
             arch=t["arch"], width=int(t["width"]), input_channels=int(t["input_channels"]),
             dropout=float(t["dropout"]), meta_cols=tuple(t["meta_cols"]),
@@ -78,6 +84,7 @@ class Setup:
             t_mult=int(t["t_mult"]), eta_min=float(t["eta_min"]), grad_clip=float(t["grad_clip"]),
             loss=p["loss"], focal_alpha=float(p["focal"]["alpha"]), focal_gamma=float(p["focal"]["gamma"]),
             label_smoothing=float(t["label_smoothing"]), pos_weight=float(t["pos_weight"]),
+            exclude_bricks=tuple(t["exclude_bricks"]), hard_negative_repeat=int(t["hard_negative_repeat"]),
             monitor=t["monitor"], patience=int(t["patience"]), min_delta=float(t["min_delta"]),
             seed=int(t["seed"]), curriculum=list(t["curriculum"]),
         )
@@ -179,8 +186,9 @@ def improved(value: float, best: float | None, monitor: str, min_delta: float) -
     return value > best + min_delta
 
 
-def build_index(files, setup: Setup, stage: dict | None):
-    """The stage's index of ``files``; an empty class names the params that emptied it."""
+def build_index(files, setup: Setup, stage: dict | None, **kw):
+    """The stage's index of ``files`` (stage given: curriculum thresholds and exclude_bricks apply;
+    None: an evaluation index); an empty class names the params that emptied it."""
     try:
         return StampIndex.build(
             files,
@@ -188,6 +196,8 @@ def build_index(files, setup: Setup, stage: dict | None):
             min_arc_snr=float(stage["min_arc_snr"]) if stage else 0.0,
             require_ctrl=setup.input_channels == 6,
             meta_cols=setup.meta_cols,
+            exclude_bricks=setup.exclude_bricks if stage else (),
+            **kw,
         )
     except ValueError as e:
         if "is left after the filters" not in str(e):
@@ -199,14 +209,34 @@ def build_index(files, setup: Setup, stage: dict | None):
                          f"stage's metrics (metrics/stamps.json)") from None
 
 
+def add_hard_negatives(index, setup: Setup, stamps_root: str, hard_negatives: str | None):
+    """Append the mined hard negatives (sample ids in ``hard_negatives``, rows in the ``parent``
+    split) to a training index, each repeated ``hard_negative_repeat`` times per epoch."""
+    import pyarrow.parquet as pq
+
+    if not hard_negatives or not os.path.exists(hard_negatives):
+        return index, 0
+    ids = pq.read_table(hard_negatives, columns=["sample_id"]).column(0).to_numpy()
+    if len(ids) == 0:
+        return index, 0
+    hn = build_index(list_stamp_files(stamps_root, "parent"), setup, None, include_ids=ids,
+                     require_both_classes=False)
+    if hn.n_positive:
+        raise ValueError(f"{hard_negatives}: {hn.n_positive} mined rows are injected (positives); expected none")
+    log.info("adding %d hard negatives x %d repeats from %s", hn.n_samples, setup.hard_negative_repeat,
+             hard_negatives)
+    return index.with_extra(hn, setup.hard_negative_repeat), hn.n_samples
+
+
 def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_from: str | None,
-              resume: bool = True, progress: bool = True) -> dict:
+              resume: bool = True, progress: bool = True, hard_negatives: str | None = None) -> dict:
     """Train one curriculum stage into ``out_dir`` (best.pt, last.pt, history.json); return its summary."""
     os.makedirs(out_dir, exist_ok=True)
     device, amp = device_and_amp()
     torch.manual_seed(setup.seed)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     tr_index = build_index(list_stamp_files(stamps_root, "train"), setup, stage)
+    tr_index, n_hard = add_hard_negatives(tr_index, setup, stamps_root, hard_negatives)
     va_index = build_index(list_stamp_files(stamps_root, "val"), setup, None)
     scaler = None
     if setup.meta_cols:
@@ -310,7 +340,7 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
         raise RuntimeError(f"stage {stage['name']}: no epoch produced a finite {setup.monitor}; no best.pt")
     return {"stage": stage["name"], "best_epoch": state["best_epoch"], "best_" + setup.monitor: state["best"],
             "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "history": state["history"],
-            "train_index": tr_index.summary(), "val_index": va_index.summary()}
+            "train_index": tr_index.summary(), "val_index": va_index.summary(), "hard_negatives": n_hard}
 
 
 class _nullcontext:
@@ -353,7 +383,7 @@ def _fmt(v) -> str:
 
 
 def train(params: dict, stamps_root: str, out_dir: str, resume: bool = True, progress: bool = True,
-          seeds_cache: str | None = None) -> dict:
+          seeds_cache: str | None = None, hard_negatives: str | None = None) -> dict:
     """Run every curriculum stage; each starts from the previous stage's best.pt.
 
     Writes ``out_dir/<stage>/{best,last}.pt`` and returns the per-stage summaries;
@@ -363,11 +393,12 @@ def train(params: dict, stamps_root: str, out_dir: str, resume: bool = True, pro
     ``$DHS_SEEDS_CACHE`` or ``<stamps_root>_converted``) and read from there
     (:func:`darkhaloscope.seeds_format.resolve_stamp_root`).
     """
+    setup = Setup.from_params(params)  # params problems (e.g. a forbidden meta column) before any data is read
     stamps_root = resolve_stamp_root(stamps_root, seeds_cache)
-    setup = Setup.from_params(params)
     stages, prev = [], None
     for stage in setup.curriculum:
-        res = fit_stage(setup, stage, stamps_root, os.path.join(out_dir, stage["name"]), prev, resume, progress)
+        res = fit_stage(setup, stage, stamps_root, os.path.join(out_dir, stage["name"]), prev, resume, progress,
+                        hard_negatives)
         stages.append(res)
         prev = os.path.join(out_dir, stage["name"], "best.pt")
     import shutil

@@ -1,7 +1,12 @@
-"""Strong-lensing physics: PSF kernels and the lenstronomy reference arc renderer.
+"""Strong-lensing physics: PSF kernels, the lenstronomy reference arc renderer and the fast engine.
 
 Units: angles in arcsec (position angles in degrees), pixel scale in
 arcsec/pixel, fluxes and pixel values in nanomaggies. No I/O.
+
+Engines (``params.yaml`` ``inject.engine``, see :func:`get_engine`):
+``lenstronomy`` -- :class:`ArcRenderer` (reference); ``fast`` --
+:class:`darkhaloscope.lensing.fast.FastRenderer` (numba, same result;
+imported on first use so that numba is loaded only when needed).
 """
 
 from .psf import (
@@ -29,7 +34,30 @@ from .render import (
     source_band_fluxes,
 )
 
+#: Valid values of ``engine`` in :func:`get_engine` (params.yaml ``inject.engine``).
+ENGINES = ("lenstronomy", "fast")
+
+
+def get_engine(engine: str = "lenstronomy", n_pix: int = 64, pixel_scale: float = 0.262, supersample: int = 4,
+               adaptive: bool = True):
+    """The cached arc renderer of an engine: ``lensed_unit_image(...)`` as :class:`ArcRenderer`.
+
+    ``engine``: ``"lenstronomy"`` (:func:`get_renderer`, the reference) or
+    ``"fast"`` (:func:`darkhaloscope.lensing.fast.get_fast_renderer`); ``n_pix``
+    pixels, ``pixel_scale`` arcsec/pixel, ``supersample`` sub-pixels per side.
+    """
+    if engine == "lenstronomy":
+        return get_renderer(int(n_pix), float(pixel_scale), int(supersample), bool(adaptive))
+    if engine == "fast":
+        from .fast import get_fast_renderer
+
+        return get_fast_renderer(int(n_pix), float(pixel_scale), int(supersample), bool(adaptive))
+    raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+
+
 __all__ = [
+    "ENGINES",
+    "get_engine",
     "PSF_MODELS",
     "fwhm_to_sigma",
     "gaussian_kernel",

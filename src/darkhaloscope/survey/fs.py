@@ -1,8 +1,19 @@
-"""Local-or-S3 file access through fsspec (s3fs is installed with dvc-s3)."""
+"""Local-or-S3 file access through fsspec (s3fs is installed with dvc-s3).
+
+For ``s3://`` paths the three problems a user can fix are reported as a
+:class:`~darkhaloscope.survey.sweeps.SurveyError` naming the path, the endpoint and
+the fix: the endpoint cannot be reached, the bucket does not exist, access is denied.
+A missing *file* in an existing bucket stays a ``FileNotFoundError`` (the readers
+turn it into their own message).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 import posixpath
+from urllib.parse import urlsplit
 
 import fsspec
 
@@ -15,15 +26,76 @@ def join(root: str, *parts: str) -> str:
     return posixpath.join(str(root), *parts)
 
 
+def s3_endpoint() -> str:
+    """The S3 endpoint boto would use, as far as the environment tells (for messages)."""
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(var):
+            return f"{os.environ[var]} (from {var})"
+    return "the default AWS S3 endpoint (AWS_ENDPOINT_URL is not set)"
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A connection-level failure (refused, timeout, unknown host), from botocore or aiohttp."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError",
+                "ClientConnectorError", "ServerTimeoutError", "ProxyConnectionError"}:
+        return True
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def _survey_error(path: str, exc: BaseException):
+    """The SurveyError for an S3 access failure of ``path``, or None when it is not one of ours."""
+    from .sweeps import SurveyError
+
+    bucket = urlsplit(str(path)).netloc
+    where = f"{path}: "
+    if _unreachable(exc):
+        return SurveyError(
+            f"{where}cannot reach the S3 endpoint {s3_endpoint()} ({type(exc).__name__}: {exc}). "
+            f"Check AWS_ENDPOINT_URL (or the endpoint in your AWS config) and that the server is running, "
+            f"or set survey.root in params.yaml to a local directory")
+    text = str(exc)
+    if isinstance(exc, FileNotFoundError) and ("bucket does not exist" in text.lower() or "NoSuchBucket" in text):
+        return SurveyError(
+            f"{where}bucket {bucket!r} does not exist at {s3_endpoint()}. Check survey.root in params.yaml "
+            f"(s3://<bucket>/<prefix>) and the endpoint; this pipeline never creates buckets")
+    if isinstance(exc, PermissionError) or type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+        return SurveyError(
+            f"{where}access to bucket {bucket!r} at {s3_endpoint()} was refused ({type(exc).__name__}: {exc}). "
+            f"Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and that they may read the bucket")
+    return None
+
+
+@contextlib.contextmanager
+def _s3_errors(path: str):
+    try:
+        yield
+    except Exception as exc:
+        err = _survey_error(path, exc) if is_remote(path) else None
+        if err is None:
+            raise
+        raise err from exc
+
+
+def _reports_s3_errors(func):
+    @functools.wraps(func)
+    def wrapper(path, *args, **kwargs):
+        with _s3_errors(path):
+            return func(path, *args, **kwargs)
+    return wrapper
+
+
 def filesystem(path: str):
     fs, _ = fsspec.core.url_to_fs(str(path))
     return fs
 
 
+@_reports_s3_errors
 def exists(path: str) -> bool:
     return filesystem(path).exists(str(path))
 
 
+@_reports_s3_errors
 def glob(root: str, pattern: str) -> list[str]:
     """Sorted paths under ``root`` matching ``pattern``, with the root's scheme kept."""
     fs, base = fsspec.core.url_to_fs(str(root))
@@ -34,6 +106,13 @@ def glob(root: str, pattern: str) -> list[str]:
     return hits
 
 
+@_reports_s3_errors
 def read_bytes(path: str) -> bytes:
     with fsspec.open(str(path), "rb") as f:
         return f.read()
+
+
+@_reports_s3_errors
+def get(path: str, local_path: str) -> None:
+    """Copy a (remote) file to a local path."""
+    filesystem(path).get(str(path), str(local_path))

@@ -1,0 +1,67 @@
+"""Hard negatives (mined ids from the parent split, repeated per epoch) and exclude_bricks."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from darkhaloscope.data import NormConfig, StampDataset, StampIndex, make_loader
+from darkhaloscope.stamp_format import write_stamp_file
+from darkhaloscope.train import Setup, add_hard_negatives
+
+
+def _write(path, ids, is_control, bricks, seed):
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    write_stamp_file(path, {"sample_id": np.asarray(ids, np.int64), "is_control": np.asarray(is_control, np.int8),
+                            "cutout_ok": np.ones(n, np.int8), "brickname": np.asarray(bricks, dtype=str)},
+                     rng.normal(size=(n, 3, 64, 64)).astype(np.float32), row_group_size=4)
+
+
+@pytest.fixture()
+def root(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "parent").mkdir()
+    _write(tmp_path / "train" / "part-00000.parquet", range(0, 12), [0, 1] * 6, ["a"] * 6 + ["bad"] * 6, 1)
+    _write(tmp_path / "parent" / "part-00000.parquet", range(100, 110), [1] * 10, ["p"] * 10, 2)
+    return tmp_path
+
+
+def _setup(repeat, exclude=()):
+    from darkhaloscope.params import load_params
+
+    p = load_params()
+    p["train"].update(hard_negative_repeat=repeat, exclude_bricks=list(exclude))
+    return Setup.from_params(p)
+
+
+def test_exclude_bricks_drops_and_counts(root):
+    idx = StampIndex.build([str(root / "train" / "part-00000.parquet")], exclude_bricks=("bad",))
+    assert idx.counts["excluded_brick"] == 6
+    assert sorted(idx.sample_ids.tolist()) == list(range(6))
+
+
+def test_hard_negatives_repeated_exactly_per_epoch(root, tmp_path):
+    hn_path = tmp_path / "hn.parquet"
+    pq.write_table(pa.table({"sample_id": pa.array([101, 105, 107], pa.int64())}), hn_path)
+    setup = _setup(repeat=3)
+    base = StampIndex.build([str(root / "train" / "part-00000.parquet")])
+    idx, n = add_hard_negatives(base, setup, str(root), str(hn_path))
+    assert n == 3
+    assert idx.n_samples == 12 + 3 * 3 and idx.n_negative == 6 + 9
+    ds = StampDataset(idx, 5, NormConfig(), shuffle=True, augment=False, seed=3, rank=0, world_size=1)
+    seen = np.concatenate([sid.numpy() for _, _, _, sid in make_loader(ds, 0)])
+    ids, counts = np.unique(seen, return_counts=True)
+    got = dict(zip(ids.tolist(), counts.tolist()))
+    assert {k: got[k] for k in (101, 105, 107)} == {101: 3, 105: 3, 107: 3}
+    assert all(got[k] == 1 for k in range(12))
+    assert not any(k in got for k in (100, 102, 103, 104, 106, 108, 109))
+    # metadata reads follow the same order as the ids
+    bricks = idx.read_kept_columns(["brickname"])["brickname"]
+    assert len(bricks) == idx.n_samples and list(bricks[-9:]) == ["p"] * 9
+
+
+def test_no_hard_negatives_file_is_a_no_op(root, tmp_path):
+    base = StampIndex.build([str(root / "train" / "part-00000.parquet")])
+    idx, n = add_hard_negatives(base, _setup(2), str(root), str(tmp_path / "missing.parquet"))
+    assert n == 0 and idx is base

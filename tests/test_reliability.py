@@ -206,7 +206,7 @@ def test_every_stage_script_runs_through_the_error_wrapper():
         assert not work, f"{path.name}: statements outside main(): {[ast.dump(n)[:80] for n in work]}"
         assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body), path.name
         last = tree.body[-1]
-        assert isinstance(last, ast.If) and f'run("{path.stem}", main)' in ast.unparse(last), path.name
+        assert isinstance(last, ast.If) and f"run({path.stem!r}, main)" in ast.unparse(last), path.name
 
 
 def test_wrapper_reports_our_errors_and_keeps_library_tracebacks():

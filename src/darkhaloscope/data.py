@@ -647,16 +647,22 @@ class StampDataset(IterableDataset):
         world_size: int | None = None,
         drop_last: bool = False,
         buffer_chunks: int = 4,
+        missing_ctrl: str = "error",
+        ctrl_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if missing_ctrl not in ("error", "zeros"):
+            raise ValueError(f"missing_ctrl must be 'error' or 'zeros', got {missing_ctrl!r}")
+        if not 0.0 <= float(ctrl_dropout) < 1.0:
+            raise ValueError(f"ctrl_dropout must be in [0, 1), got {ctrl_dropout}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if input_channels not in (3, 6):
             raise ValueError(f"input_channels must be 3 (stamp) or 6 (stamp + ctrl_stamp), got {input_channels}")
-        if input_channels == 6 and not index.require_ctrl:
+        if input_channels == 6 and not index.require_ctrl and missing_ctrl != "zeros":
             raise ValueError(
                 "input_channels=6 needs an index built with require_ctrl=True "
-                "(rows without ctrl_stamp must be dropped and counted)"
+                "(rows without ctrl_stamp must be dropped and counted), or missing_ctrl='zeros'"
             )
         if not isinstance(norm_cfg, NormConfig):
             raise ValueError(f"norm_cfg must be a NormConfig, got {type(norm_cfg).__name__}")
@@ -678,6 +684,8 @@ class StampDataset(IterableDataset):
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.buffer_chunks = int(buffer_chunks)
+        self.missing_ctrl = missing_ctrl
+        self.ctrl_dropout = float(ctrl_dropout)
         # shared memory (fork and spawn alike): set_epoch reaches persistent workers
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         unchecked = [c for c in self.meta_cols if c not in index.meta_cols]
@@ -755,8 +763,19 @@ class StampDataset(IterableDataset):
             x, _ = sf.stamps(ch.row_group, name, nb, STAMP_SIZE)  # a view into the mapped file when possible
             return x if x.dtype == np.float32 else x.astype(np.float32)  # native byte order
 
-        imgs = (images(STAMP_COLUMN), images(CTRL_STAMP_COLUMN) if self.input_channels == 6 else None)
+        cvalid = np.ones(ch.n, bool)
+        ctrl = None
+        if self.input_channels == 6:
+            if CTRL_STAMP_COLUMN in sf.schema_arrow.names:
+                ctrl, valid = sf.stamps(ch.row_group, CTRL_STAMP_COLUMN, nb, STAMP_SIZE)
+                ctrl = ctrl if ctrl.dtype == np.float32 else ctrl.astype(np.float32)
+                cvalid = take(valid).copy()
+            else:  # unpaired data, known lenses: no control at all
+                ctrl = np.zeros((ch.n_rows_group, nb, STAMP_SIZE, STAMP_SIZE), np.float32)
+                cvalid = np.zeros(ch.n, bool)
+        imgs = (images(STAMP_COLUMN), ctrl)
         out: dict[str, Any] = {
+            "cvalid": cvalid,
             "imgs": imgs,  # full row group (N_group, 3, 64, 64) views; "rows" selects the kept ones
             "rows": np.arange(ch.n_rows_group, dtype=np.int64) if rows is None else rows,
             "y": (1 - take(t.column("is_control").to_numpy())).astype(np.float32),
@@ -828,6 +847,13 @@ class StampDataset(IterableDataset):
         rng_aug: np.random.Generator | None,
     ):
         x = self._normalized_batch(imgs, pidx, ridx)
+        if self.input_channels == 6:
+            # "no control available": the control half is all zeros (normalised blank sky), for rows
+            # without a control and, in training, for a ctrl_dropout fraction of the others
+            blank = ~np.asarray(part["cvalid"], bool)
+            if self.ctrl_dropout > 0:
+                blank |= _unit_hash(part["sid"], self.seed, self.epoch) < self.ctrl_dropout
+            x[blank, len(STAMP_BANDS):] = 0.0
         if rng_aug is not None:
             x = augment(x, rng_aug)
         meta = part["meta"]
@@ -864,7 +890,7 @@ class StampDataset(IterableDataset):
         rng_aug = np.random.default_rng([self.seed, epoch, shard, n_shards, 2]) if self.augment else None
         group = self.buffer_chunks if self.shuffle else 1
         bs = self.batch_size
-        small_keys = ("y", "sid", "meta")
+        small_keys = ("y", "sid", "meta", "cvalid")
         files: dict[int, StampFile] = {}
         carry: dict[str, Any] | None = None
         try:
@@ -907,6 +933,17 @@ class StampDataset(IterableDataset):
 
 
 # ----------------------------------------------------------------------------- loader
+
+
+def _unit_hash(sid: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """Uniform [0, 1) per (sample id, seed, epoch), independent of sharding (splitmix64 finaliser)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(sid, np.int64).view(np.uint64) + np.uint64((seed * 1_000_003 + epoch * 7919 + 1) % 2**63)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+
 
 
 def _worker_init(worker_id: int) -> None:

@@ -109,6 +109,7 @@ SCHEMA: dict[str, Any] = {
         "arch": Enum("small_cnn", "resnet18", "convnext_tiny"),
         "width": int,
         "input_channels": int,
+        "ctrl_dropout": NUM,
         "dropout": NUM,
         "meta_cols": ListOf(str),
         "norm_method": Enum("full", "outer"),

@@ -38,10 +38,11 @@ def score_files(ckpt_path: str, files: list[str], batch_size: int = 256) -> tupl
     check_readable(files)
     device, amp = device_and_amp()
     model.to(device)
-    index = StampIndex.build(files, require_ctrl=pre.input_channels == 6, meta_cols=pre.meta_cols,
-                             require_both_classes=False)
+    # a 6-channel (paired) model scores rows without a control with the control half blanked:
+    # the "no control available" input it saw for train.ctrl_dropout of its training samples
+    index = StampIndex.build(files, require_ctrl=False, meta_cols=pre.meta_cols, require_both_classes=False)
     ds = StampDataset(index, batch_size, pre.norm, pre.input_channels, pre.meta_cols, pre.meta_scaler,
-                      shuffle=False, augment=False, rank=0, world_size=1)
+                      shuffle=False, augment=False, rank=0, world_size=1, missing_ctrl="zeros")
     ids, labels, logits = predict(model, make_loader(ds, 0), device, amp)
     names = set(pq.ParquetFile(files[0]).schema_arrow.names)
     extra = index.read_kept_columns([c for c in STRATA if c in names])
@@ -53,4 +54,9 @@ def score_files(ckpt_path: str, files: list[str], batch_size: int = 256) -> tupl
     for c, v in extra.items():
         cols[c] = np.asarray(v)[take]
     table = pa.table(cols).sort_by("sample_id")
-    return table, index.summary()
+    summary = index.summary()
+    if pre.input_channels == 6:
+        no_ctrl = [f for f in files if "ctrl_stamp" not in pq.ParquetFile(f).schema_arrow.names]
+        summary["files_scored_without_ctrl"] = len(no_ctrl)
+        summary["rows_in_files_without_ctrl"] = int(sum(pq.ParquetFile(f).metadata.num_rows for f in no_ctrl))
+    return table, summary

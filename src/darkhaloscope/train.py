@@ -42,6 +42,7 @@ class Setup:
     arch: str
     width: int
     input_channels: int
+    ctrl_dropout: float
     dropout: float
     meta_cols: tuple
     norm: NormConfig
@@ -76,6 +77,7 @@ class Setup:
             raise ParamsError(f"train.meta_cols: {e}") from None
         return cls(
             arch=t["arch"], width=int(t["width"]), input_channels=int(t["input_channels"]),
+            ctrl_dropout=float(t["ctrl_dropout"]),
             dropout=float(t["dropout"]), meta_cols=tuple(t["meta_cols"]),
             norm=NormConfig(method=t["norm_method"], outer_radius=float(t["norm_outer_radius"]),
                             clip=tuple(float(c) for c in t["clip"])),
@@ -259,7 +261,8 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
     eval_loss = build_loss(setup.loss, focal_alpha=setup.focal_alpha, focal_gamma=setup.focal_gamma,
                            pos_weight=setup.pos_weight)
     train_ds = StampDataset(tr_index, setup.batch_size, setup.norm, setup.input_channels, setup.meta_cols,
-                            scaler, shuffle=True, augment=setup.augment, seed=setup.seed)
+                            scaler, shuffle=True, augment=setup.augment, seed=setup.seed,
+                            ctrl_dropout=setup.ctrl_dropout if setup.input_channels == 6 else 0.0)
     val_ds = StampDataset(va_index, max(256, setup.batch_size), setup.norm, setup.input_channels,
                           setup.meta_cols, scaler, shuffle=False, augment=False, seed=setup.seed,
                           rank=0, world_size=1)

@@ -34,10 +34,11 @@ def main(p: dict) -> None:
                                              E.trivial_features(rows["stamp"], norm))
     write_json(out, "metrics/eval.json")
 
-    E.write_csv(E.stratified_rows(test, thr), "metrics/stratified.csv")
+    strat = E.stratified_rows(test, thr)
+    E.write_csv(strat, "metrics/stratified.csv")
     E.write_csv(M.per_group_auroc(y, s, E._col(test, "brickname")), "metrics/per_brick_auroc.csv")
     write_json(M.roc_points_for_plot(y, s), "metrics/plots/roc.json")
-    comp = [r for r in E.stratified_rows(test, thr) if r["stratum"] == "theta_e_arcsec"]
+    comp = [r for r in strat if r["stratum"] == "theta_e_arcsec"]
     write_json([{"theta_e_arcsec": r["bin_mid"], **{f"completeness@{k}": r.get(f"{k}_completeness") for k in thr}}
                 for r in comp], "metrics/plots/completeness_theta_e.json")
 

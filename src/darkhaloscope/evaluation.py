@@ -119,8 +119,9 @@ def saliency_gallery(ckpt_path: str, stamps: np.ndarray, ctrl: np.ndarray | None
     fig, axes = plt.subplots(n, 2, figsize=(4.2, 2.1 * n), squeeze=False)
     if len(stamps):
         x = normalize(stamps, pre.norm)
-        if pre.input_channels == 6:
-            x = np.concatenate([x, normalize(ctrl, pre.norm)], axis=1)
+        if pre.input_channels == 6:  # no control stored: the blank control scoring uses too
+            c = normalize(ctrl, pre.norm) if ctrl is not None else np.zeros_like(x)
+            x = np.concatenate([x, c], axis=1)
         m = torch.from_numpy(pre.meta_scaler.transform(meta)) if pre.meta_cols else None
         cams = grad_cam(model, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), m)
         for i in range(len(stamps)):

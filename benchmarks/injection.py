@@ -1,6 +1,6 @@
 """Benchmark the arc-injection engines: lenstronomy reference vs the numba fast engine.
 
-Usage: python benchmarks/injection.py [--n-ref 100] [--n-fast 2000] [--seed 0] [--repeats 3]
+Usage: python benchmarks/injection.py [--n-ref 100] [--n-fast 2000] [--seed 0] [--repeats 5]
 
 In one process, single-threaded (OMP/MKL/OpenBLAS/numba threads 1, set before
 numpy is imported; torch threads 1 if torch is installed), this draws
@@ -20,7 +20,7 @@ convolution; no I/O) at ``inject.supersample``:
 * fast, per stamp: ``get_engine("fast", ...).lensed_unit_image`` +
   ``fast.inject_bands`` (single-stamp drop-ins);
 * fast, batch: ``fast.render_unit_images`` + ``fast.inject_bands_batch``
-  (chunks of 256 stamps).
+  (chunks of 256 stamps into reused buffers).
 
 The fast engines are warmed up first (numba compilation or cache load). Each
 timing is the process CPU time (one core: everything runs single-threaded),
@@ -98,33 +98,61 @@ def draw(n: int, seed: int, params: dict) -> dict:
             "configs": [r["config_id"] for r in rows]}
 
 
-def run_reference(d: dict, idx, renderer) -> np.ndarray:
-    out = np.empty((len(idx), 3, renderer.n_pix, renderer.n_pix), np.float32)
+def run_reference(d: dict, idx, renderer, keep: int, split: list | None = None) -> np.ndarray:
+    """Render stamps ``idx`` one by one; returns the first ``keep`` (3, N, N) float32 arcs.
+
+    ``split``, if given, receives the CPU seconds spent in (unit image, PSF + bands).
+    """
+    kept = np.empty((min(keep, len(idx)), 3, renderer.n_pix, renderer.n_pix), np.float32)
+    p, c, f, k, ki = d["params"], d["centers"], d["fluxes"], d["kernels"], d["kidx"]
+    t_unit = t_inj = 0.0
+    for j, i in enumerate(idx):
+        t0 = time.process_time()
+        unit = renderer.lensed_unit_image(*[p[key][i] for key in KEYS], center=(c[i, 0], c[i, 1]))
+        t1 = time.process_time()
+        arc = inject_bands(unit, f[i], [k[ki[i, b]] for b in range(3)])
+        t_unit, t_inj = t_unit + t1 - t0, t_inj + time.process_time() - t1
+        if j < len(kept):
+            kept[j] = arc
+    if split is not None:
+        split[:] = [t_unit, t_inj]
+    return kept
+
+
+def run_fast_single(d: dict, idx, renderer, keep: int) -> np.ndarray:
+    """As :func:`run_reference` with the fast engine's single-stamp drop-ins."""
+    kept = np.empty((min(keep, len(idx)), 3, renderer.n_pix, renderer.n_pix), np.float32)
     p, c, f, k, ki = d["params"], d["centers"], d["fluxes"], d["kernels"], d["kidx"]
     for j, i in enumerate(idx):
         unit = renderer.lensed_unit_image(*[p[key][i] for key in KEYS], center=(c[i, 0], c[i, 1]))
-        out[j] = inject_bands(unit, f[i], [k[ki[i, b]] for b in range(3)])
-    return out
+        arc = fast.inject_bands(unit, f[i], [k[ki[i, b]] for b in range(3)])
+        if j < len(kept):
+            kept[j] = arc
+    return kept
 
 
-def run_fast_single(d: dict, idx, renderer) -> np.ndarray:
-    out = np.empty((len(idx), 3, renderer.n_pix, renderer.n_pix), np.float32)
-    p, c, f, k, ki = d["params"], d["centers"], d["fluxes"], d["kernels"], d["kidx"]
-    for j, i in enumerate(idx):
-        unit = renderer.lensed_unit_image(*[p[key][i] for key in KEYS], center=(c[i, 0], c[i, 1]))
-        out[j] = fast.inject_bands(unit, f[i], [k[ki[i, b]] for b in range(3)])
-    return out
-
-
-def run_fast_batch(d: dict, idx, n_pix: int, ps: float, ss: int, chunk: int = 256) -> np.ndarray:
+def run_fast_batch(d: dict, idx, n_pix: int, ps: float, ss: int, keep: int, chunk: int = 256,
+                   split: list | None = None) -> np.ndarray:
+    """Render stamps ``idx`` in batches of ``chunk`` into reused buffers (as a pipeline would
+    consume them); returns the first ``keep`` arcs (``split`` as in :func:`run_reference`)."""
     idx = np.asarray(idx)
-    out = np.empty((len(idx), 3, n_pix, n_pix), np.float32)
+    kept = np.empty((min(keep, len(idx)), 3, n_pix, n_pix), np.float32)
+    units = np.empty((min(chunk, len(idx)), n_pix, n_pix))
+    arcs = np.empty((min(chunk, len(idx)), 3, n_pix, n_pix), np.float32)
+    t_unit = t_inj = 0.0
     for s in range(0, len(idx), chunk):
         sel = idx[s:s + chunk]
-        units = fast.render_unit_images({key: v[sel] for key, v in d["params"].items()}, d["centers"][sel],
-                                        n_pix, ps, ss)
-        out[s:s + chunk] = fast.inject_bands_batch(units, d["fluxes"][sel], d["kernels"], d["kidx"][sel])
-    return out
+        t0 = time.process_time()
+        u = fast.render_unit_images({key: v[sel] for key, v in d["params"].items()}, d["centers"][sel],
+                                    n_pix, ps, ss, out=units[:sel.size])
+        t1 = time.process_time()
+        fast.inject_bands_batch(u, d["fluxes"][sel], d["kernels"], d["kidx"][sel], out=arcs[:sel.size])
+        t_unit, t_inj = t_unit + t1 - t0, t_inj + time.process_time() - t1
+        if s < len(kept):
+            kept[s:] = arcs[:len(kept) - s]
+    if split is not None:
+        split[:] = [t_unit, t_inj]
+    return kept
 
 
 def timed(fn, *args):
@@ -139,7 +167,7 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--n-ref", type=int, default=100, help="stamps rendered by the lenstronomy engine")
     ap.add_argument("--n-fast", type=int, default=2000, help="stamps rendered by the fast engine")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats (min per engine reported)")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved timed repeats (min per engine reported)")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     args = ap.parse_args(argv)
     with open(args.params) as fh:
@@ -155,10 +183,10 @@ def main(argv: list[str] | None = None) -> float:
     fast_engine = get_engine("fast", n_pix, ps, ss)
     # warm-up: numba compile / cache load, lenstronomy imports, FFT plans
     t_w0 = time.perf_counter()
-    run_fast_batch(d, [0, 1], n_pix, ps, ss)
-    run_fast_single(d, [0], fast_engine)
+    run_fast_batch(d, [0, 1], n_pix, ps, ss, 0)
+    run_fast_single(d, [0], fast_engine, 0)
     t_w1 = time.perf_counter()
-    run_reference(d, [0], ref_engine)
+    run_reference(d, [0], ref_engine, 0)
     print(f"warm-up: fast engine {t_w1 - t_w0:.2f} s (numba compile or cache load), "
           f"lenstronomy {time.perf_counter() - t_w1:.2f} s")
 
@@ -167,20 +195,24 @@ def main(argv: list[str] | None = None) -> float:
     same = np.tile(ref_idx, reps)
     # interleaved repeats, minimum per engine: robust to other load on the machine
     t_ref, t_same_b, t_same_s, t_all_b, t_all_s = [], [], [], [], []
+    split_ref, split_b = [], []
     for _ in range(args.repeats):
-        t, arc_ref = timed(run_reference, d, ref_idx, ref_engine)
+        sp = [0.0, 0.0]
+        t, arc_ref = timed(run_reference, d, ref_idx, ref_engine, args.n_ref, sp)
         t_ref.append(t / args.n_ref)
-        t, arc_b = timed(run_fast_batch, d, same, n_pix, ps, ss)
+        split_ref.append([v / args.n_ref for v in sp])
+        t, arc_b = timed(run_fast_batch, d, same, n_pix, ps, ss, args.n_ref, 256, sp)
         t_same_b.append(t / len(same))
-        t, arc_s = timed(run_fast_single, d, same, fast_engine)
+        split_b.append([v / len(same) for v in sp])
+        t, arc_s = timed(run_fast_single, d, same, fast_engine, args.n_ref)
         t_same_s.append(t / len(same))
-        t, _ = timed(run_fast_batch, d, np.arange(n_fast), n_pix, ps, ss)
+        t, _ = timed(run_fast_batch, d, np.arange(n_fast), n_pix, ps, ss, 0)
         t_all_b.append(t / n_fast)
-        t, _ = timed(run_fast_single, d, np.arange(n_fast), fast_engine)
+        t, _ = timed(run_fast_single, d, np.arange(n_fast), fast_engine, 0)
         t_all_s.append(t / n_fast)
 
     # agreement on the shared draws (first repetition)
-    arc_b, arc_s = arc_b[:args.n_ref].astype(np.float64), arc_s[:args.n_ref].astype(np.float64)
+    arc_b, arc_s = arc_b.astype(np.float64), arc_s.astype(np.float64)
     ref64 = arc_ref.astype(np.float64)
     peak = ref64.max(axis=(2, 3))
     err_b = (np.abs(arc_b - ref64).max(axis=(2, 3)) / peak).max()
@@ -194,6 +226,11 @@ def main(argv: list[str] | None = None) -> float:
           f"all {n_fast} draws: {1 / min(t_all_s):.1f} stamps/s")
     print(f"fast, batch:        {1 / rb:10.1f} stamps/s  ({rb * 1e3:.3f} ms/stamp, same draws x{reps}); "
           f"all {n_fast} draws: {1 / min(t_all_b):.1f} stamps/s")
+    sr = split_ref[int(np.argmin(t_ref))]
+    sb = split_b[int(np.argmin(t_same_b))]
+    print(f"  breakdown (ms/stamp): lenstronomy unit image {sr[0] * 1e3:.3f} + PSF/bands {sr[1] * 1e3:.3f}; "
+          f"fast batch unit image {sb[0] * 1e3:.3f} + PSF/bands {sb[1] * 1e3:.3f} "
+          f"(unit image alone: {sr[0] / sb[0]:.1f}x, PSF/bands alone: {sr[1] / sb[1]:.1f}x)")
     print(f"agreement on the {args.n_ref} shared draws (3 bands, PSF-convolved, float32): "
           f"max |fast - ref| / peak = {err_b:.2e} (batch), {err_s:.2e} (per stamp); "
           f"max |flux ratio - 1| = {ferr:.2e}")

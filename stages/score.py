@@ -5,7 +5,7 @@ import os
 from _common import run
 
 from darkhaloscope.outputs import atomic_dir, write_json, write_parquet
-from darkhaloscope.score import score_files
+from darkhaloscope.score import score_files, score_known_files
 from darkhaloscope.seeds_format import resolve_stamp_root
 from darkhaloscope.stamp_format import list_stamp_files
 
@@ -18,7 +18,9 @@ def main(p: dict) -> None:
             if root != "data/stamps" and not os.path.isdir(os.path.join(root, split)):
                 print(f"[score] {split}: not in the seeds data, skipped")  # the seeds' data has no known lenses
                 continue
-            table, summary = score_files("data/model/best.pt", list_stamp_files(root, split))
+            # the known lenses have no catalogue row: a metadata model scores them with the training means
+            score = score_known_files if split == "known" else score_files
+            table, summary = score("data/model/best.pt", list_stamp_files(root, split))
             write_parquet(table, f"{out}/{split}.parquet")
             report[split] = summary
     write_json(report, "metrics/score.json")

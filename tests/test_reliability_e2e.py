@@ -100,26 +100,50 @@ def test_sigkill_during_stamps_leaves_nothing_complete_and_rerun_matches(clean, 
     T.kill_when(proc, lambda: tmp_dir.is_dir() and any(p.is_file() for p in tmp_dir.rglob("*")), timeout=300)
     assert T.reap_leftovers(work) == []  # the JVM and Spark's Python workers went with the group
     assert not (work / "data" / "stamps").exists(), "a killed stamps run left a data/stamps that looks complete"
+    assert tmp_dir.is_dir()  # the partial output stays in the temporary directory
     status = T.dvc(["status", "stamps"], work)
     assert "stamps:" in status and "deleted:" in status and "data/stamps" in status, status
+    # what a user types: DVC notices the dead run's locks and restores the recorded outputs
     out = T.dvc(["repro", "stamps"], work, timeout=400)
-    assert "Running stage 'stamps'" in out and ran(out) == {"stamps"}, out[-3000:]
+    assert "had been killed. Auto removed it from the lock file" in out, out[-3000:]
+    assert T.out_md5s(work, ALL_STAGES) == ref["md5"]
+    assert_up_to_date(work)
+    # and really running the stage again (over the killed run's leftovers) gives the same bytes
+    out = T.dvc(["repro", "--force", "--single-item", "stamps"], work, timeout=400)
+    assert ran(out) == {"stamps"}, out[-3000:]
     assert T.out_md5s(work, ALL_STAGES) == ref["md5"]
     assert (work / "metrics/stamps.json").read_text() == ref["metrics"]["metrics/stamps.json"]
     assert not tmp_dir.exists()
     assert_up_to_date(work)  # train, score and evaluate see the very same stamps
 
 
+def replaced(path: Path):
+    """A predicate: ``path`` has disappeared (DVC removed the stage's outputs) and exists again."""
+    seen_gone = []
+
+    def ready() -> bool:
+        if not path.exists():
+            seen_gone.append(True)
+            return False
+        return bool(seen_gone)
+    return ready
+
+
 def test_sigkill_during_training_then_rerun_matches(clean, work, tmp_path):
     _, ref = clean
     proc = T.spawn([T.VENV_BIN / "dvc", "repro", "--force", "--single-item", "train"], work, tmp_path / "dvc.log")
     last = work / "data" / "model" / "main" / "last.pt"
-    T.kill_when(proc, last.exists, timeout=300)
+    T.kill_when(proc, replaced(last), timeout=300)  # the first epoch's last.pt of the new run
     assert load_checkpoint(str(last))["train_state"]["epoch"] < EPOCHS  # killed part-way
     status = T.dvc(["status", "train"], work)
-    assert "train:" in status and "data/model" in status, status
+    assert "train:" in status and "modified:" in status and "data/model" in status, status
     out = T.dvc(["repro", "evaluate"], work, timeout=400)
-    assert "Running stage 'train'" in out, out[-3000:]
+    assert "had been killed. Auto removed it from the lock file" in out, out[-3000:]
+    assert T.out_md5s(work, ALL_STAGES) == ref["md5"]
+    assert_up_to_date(work)
+    # a real re-run of the killed stage, then score and evaluate: the same model and eval metrics
+    out = T.dvc(["repro", "--force", "--downstream", "train"], work, timeout=400)
+    assert ran(out) == set(MODEL_STAGES), out[-3000:]
     assert T.out_md5s(work, ALL_STAGES) == ref["md5"]
     assert texts(work) == ref["metrics"]
     assert_up_to_date(work)

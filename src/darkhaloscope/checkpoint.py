@@ -6,6 +6,7 @@ normalisation than it trained with)."""
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -16,12 +17,38 @@ FORMAT_VERSION = 1
 REQUIRED = ("model_config", "model_state", "norm", "meta_cols", "input_channels")
 
 
+def _canonical(obj):
+    """A copy of the checkpoint's containers whose pickle bytes depend only on the values.
+
+    Pickle writes an object seen before as a reference to it, so the bytes depend on which
+    equal strings / dicts happen to be the same Python object - and that differs between a
+    run that resumed from a checkpoint (its strings come from unpickling) and one that did
+    not. Interning every string and rebuilding every dict, list and tuple makes a resumed
+    run's checkpoints byte-identical to the uninterrupted run's. Tensors are kept as they are.
+    """
+    if type(obj) is str:
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        out = type(obj)((_canonical(k), _canonical(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a module state_dict's version info
+            out._metadata = obj._metadata
+        return out
+    if type(obj) is list:
+        return [_canonical(v) for v in obj]
+    if type(obj) is tuple:
+        return tuple(_canonical(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(path: str, model, extra: dict) -> None:
-    """Write {model_config, model_state, **extra} atomically (temp file + rename)."""
+    """Write {model_config, model_state, **extra} atomically (temp file + rename).
+
+    The same values give the same bytes, whether or not the run was resumed (see _canonical).
+    """
     ck = {"format_version": FORMAT_VERSION, "model_config": dict(model.config),
           "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
     tmp = path + ".tmp"
-    torch.save(ck, tmp)
+    torch.save(_canonical(ck), tmp)
     os.replace(tmp, path)
 
 

@@ -624,6 +624,11 @@ class StampDataset(IterableDataset):
     shard may be short (dropped with ``drop_last``). Ranks may therefore yield
     different numbers of batches (see :meth:`shard_sizes`).
 
+    ``missing_meta='mean'`` (scoring rows that have no metadata, e.g. the known lenses,
+    with an index built without ``meta_cols``): a non-finite metadata value is replaced
+    by the scaler's training mean (0 after standardisation); ``n_meta_imputed`` counts
+    those rows. The default ``'error'`` refuses them.
+
     ``shuffle=False, augment=False`` is the evaluation mode: in one process
     (``num_workers=0``, world size 1) rows come in file order, deterministically.
 
@@ -649,10 +654,15 @@ class StampDataset(IterableDataset):
         buffer_chunks: int = 4,
         missing_ctrl: str = "error",
         ctrl_dropout: float = 0.0,
+        missing_meta: str = "error",
     ) -> None:
         super().__init__()
         if missing_ctrl not in ("error", "zeros"):
             raise ValueError(f"missing_ctrl must be 'error' or 'zeros', got {missing_ctrl!r}")
+        if missing_meta not in ("error", "mean"):
+            raise ValueError(f"missing_meta must be 'error' or 'mean', got {missing_meta!r}")
+        if missing_meta == "mean" and meta_cols and meta_scaler is None:
+            raise ValueError("missing_meta='mean' needs the meta_scaler (its means replace the missing values)")
         if not 0.0 <= float(ctrl_dropout) < 1.0:
             raise ValueError(f"ctrl_dropout must be in [0, 1), got {ctrl_dropout}")
         if int(batch_size) < 1:
@@ -686,18 +696,24 @@ class StampDataset(IterableDataset):
         self.buffer_chunks = int(buffer_chunks)
         self.missing_ctrl = missing_ctrl
         self.ctrl_dropout = float(ctrl_dropout)
+        self.missing_meta = missing_meta
+        self.n_meta_imputed = 0  # kept rows with a non-finite metadata value (missing_meta='mean')
         # shared memory (fork and spawn alike): set_epoch reaches persistent workers
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         unchecked = [c for c in self.meta_cols if c not in index.meta_cols]
         if unchecked:
             vals = index.read_kept_columns(unchecked)
+            missing = np.zeros(index.n_samples, bool)
             for c, v in vals.items():
                 bad = ~np.isfinite(v.astype(np.float64))
-                if bad.any():
+                missing |= bad
+                if bad.any() and missing_meta != "mean":
                     raise ValueError(
                         f"meta column {c!r} has {int(bad.sum())} non-finite values in kept rows; "
-                        f"build the StampIndex with meta_cols={list(self.meta_cols)} to drop and count them"
+                        f"build the StampIndex with meta_cols={list(self.meta_cols)} to drop and count them, "
+                        f"or use missing_meta='mean'"
                     )
+            self.n_meta_imputed = int(missing.sum())
 
     # -- epoch ---------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -857,6 +873,10 @@ class StampDataset(IterableDataset):
         if rng_aug is not None:
             x = augment(x, rng_aug)
         meta = part["meta"]
+        if self.meta_cols and self.missing_meta == "mean":
+            # no metadata for this row (e.g. a known lens, which has no catalogue row): the
+            # training mean, i.e. 0 after standardisation
+            meta = np.where(np.isfinite(meta), meta, np.asarray(self.meta_scaler.mean, np.float64)[None, :])
         if self.meta_cols and self.meta_scaler is not None:
             meta = np.asarray(self.meta_scaler.transform(meta))
         meta = np.array(meta, dtype=np.float32, order="C")

@@ -32,17 +32,33 @@ def score_files(ckpt_path: str, files: list[str], batch_size: int = 256) -> tupl
 
     Table columns: sample_id, label (1 = lens), logit (float32), score = sigmoid(logit)
     computed in float64, plus the STRATA columns present in the files. Rows the index
-    drops (cutout_ok = 0, non-finite stamps) are counted in the summary, not scored.
+    drops (cutout_ok = 0, non-finite stamps, non-finite metadata of a model with
+    ``meta_cols``) are counted in the summary, not scored.
     """
+    return _score(ckpt_path, files, batch_size, impute_missing_meta=False)
+
+
+def score_known_files(ckpt_path: str, files: list[str], batch_size: int = 256) -> tuple[pa.Table, dict]:
+    """:func:`score_files` for rows that may have no metadata (the known lenses: a catalogue
+    position, no sweep row, hence no PSFSIZE / PSFDEPTH): a model with ``meta_cols`` scores
+    them with the training mean of each missing value (0 after standardisation) instead of
+    dropping them; the summary counts them as ``meta_imputed``."""
+    return _score(ckpt_path, files, batch_size, impute_missing_meta=True)
+
+
+def _score(ckpt_path: str, files: list[str], batch_size: int, impute_missing_meta: bool) -> tuple[pa.Table, dict]:
     model, pre = model_from_checkpoint(ckpt_path)
     check_readable(files)
     device, amp = device_and_amp()
     model.to(device)
+    impute = bool(impute_missing_meta and pre.meta_cols)
     # a 6-channel (paired) model scores rows without a control with the control half blanked:
     # the "no control available" input it saw for train.ctrl_dropout of its training samples
-    index = StampIndex.build(files, require_ctrl=False, meta_cols=pre.meta_cols, require_both_classes=False)
+    index = StampIndex.build(files, require_ctrl=False, meta_cols=() if impute else pre.meta_cols,
+                             require_both_classes=False)
     ds = StampDataset(index, batch_size, pre.norm, pre.input_channels, pre.meta_cols, pre.meta_scaler,
-                      shuffle=False, augment=False, rank=0, world_size=1, missing_ctrl="zeros")
+                      shuffle=False, augment=False, rank=0, world_size=1, missing_ctrl="zeros",
+                      missing_meta="mean" if impute else "error")
     ids, labels, logits = predict(model, make_loader(ds, 0), device, amp)
     names = set(pq.ParquetFile(files[0]).schema_arrow.names)
     extra = index.read_kept_columns([c for c in STRATA if c in names])
@@ -55,6 +71,8 @@ def score_files(ckpt_path: str, files: list[str], batch_size: int = 256) -> tupl
         cols[c] = np.asarray(v)[take]
     table = pa.table(cols).sort_by("sample_id")
     summary = index.summary()
+    if impute:
+        summary["meta_imputed"] = ds.n_meta_imputed
     if pre.input_channels == 6:
         no_ctrl = [f for f in files if "ctrl_stamp" not in pq.ParquetFile(f).schema_arrow.names]
         summary["files_scored_without_ctrl"] = len(no_ctrl)

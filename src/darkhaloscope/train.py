@@ -304,9 +304,10 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
         if world > 1:
             import torch.distributed as dist
 
-            t = torch.tensor([tot, n], dtype=torch.float64)
+            t = torch.tensor([tot, n], dtype=torch.float64, device=device)  # nccl reduces CUDA tensors only
             dist.all_reduce(t)
             tot, n = float(t[0]), int(t[1])
+            _sync_optimizer(opt, len(gnorms), rank, world, device)
         lr = opt.param_groups[0]["lr"]
         sched.step()
         ids, labels, logits = predict(core, val_loader, device, amp)
@@ -352,6 +353,40 @@ class _nullcontext:
 
     def __exit__(self, *a):
         return False
+
+
+def _sync_optimizer(opt, n_steps: int, rank: int, world: int, device) -> None:
+    """After an epoch under DDP's join: give every rank the optimizer state of the rank whose
+    model the join kept.
+
+    A rank that ran out of batches early skipped the other ranks' last optimizer steps; the
+    join then copies the model of the last rank to finish (the highest rank among those with
+    the most steps) to every rank, but not the optimizer's state (AdamW moments, step count).
+    Without this the ranks' optimizers, and with them their weights, drift apart next epoch.
+    """
+    import torch.distributed as dist
+
+    steps = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
+    dist.all_gather(steps, torch.tensor([n_steps], dtype=torch.int64, device=device))
+    steps = [int(s) for s in steps]
+    if min(steps) == max(steps):
+        return  # every rank took the same steps: the states are already identical
+    src = max(r for r, s in enumerate(steps) if s == max(steps))  # DDP's authoritative rank
+    obj = [_cpu(opt.state_dict()) if rank == src else None]  # load_state_dict moves it to the params' device
+    dist.broadcast_object_list(obj, src=src)
+    if rank != src:
+        opt.load_state_dict(obj[0])
+
+
+def _cpu(obj):
+    """A copy of a (nested) optimizer state with every tensor on the CPU."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
 
 
 def _barrier(world: int) -> None:

@@ -29,30 +29,39 @@ parameterisation and the same sampling scheme, for batches of stamps:
   reference's finer ``refined_supersample`` sub-grid (same rule, threshold
   and sub-grid as :class:`ArcRenderer`).
 
-Implementation: ray shooting and source evaluation are fused in one numba loop
-per pixel, written in the frame of the lens's major axis (the shear, the
-source position and the source's elliptical metric are rotated into it once
-per stamp), with branch-free, SIMD-vectorisable ``atan`` / ``atanh``
-(Cephes rational approximations, range-reduced without divisions and merged
-into a single division per ray) and ``exp``. The deflection is computed once
-per stamp and sub-pixel; the image is band-independent (bands only scale the
-flux, :func:`inject_bands_batch`).
+Implementation: ray shooting and source evaluation are fused in numba loops,
+written in the frame of the lens's major axis (the shear, the source position
+and the source's elliptical metric are rotated into it once per stamp), with
+branch-free, SIMD-vectorisable ``atan`` / ``atanh`` / ``exp`` (no libm calls in
+the loops): in float64 the Cephes rational approximations (~1e-16), evaluated
+as ratios of homogeneous polynomials so that one division per ray suffices;
+in float32 a degree-7 polynomial for atan on [0, 1] and Cephes atanhf after an
+addition-formula range reduction (~3e-7). The deflection is computed once per
+stamp and sub-pixel; the image is band-independent (bands only scale the
+flux, :func:`inject_bands_batch`). Flat lenses (q < 0.22) and non-exponential
+sources (n != 1) take a general path with libm ``atan``/``atanh``/``pow``.
+The sub-pixel sums of many pixels are evaluated in long vector loops, pixels
+are culled as below, and the rest of the reference algorithm (coarse pass,
+``REFINE_FRAC`` threshold, 3 x 3 dilation, refined pass) is reproduced as is.
 
 Precision: ``dtype=np.float32`` (default of the renderer) evaluates the rays
-in single precision (pixel sums accumulated per pixel, image float64): the
-images agree with the reference to ~1e-5 of the peak pixel;
-``dtype=np.float64`` agrees to ~1e-13 (deflection and surface brightness to
+in single precision (sums per pixel in float32, image float64): the images
+agree with the reference to ~5e-6 of the peak pixel and ~1e-6 in total flux;
+``dtype=np.float64`` agrees to ~1e-14 (deflection and surface brightness to
 ~1e-15 relative).
 
-Ray cut: a sub-pixel whose source-plane surface brightness is below
-``exp(-RAY_CUT)`` (2.3e-16 in float64, 2.8e-10 in float32) of the source's
-central surface brightness contributes 0, and a whole pixel is skipped when a rigorous bound on its
-sub-pixels' source-plane positions shows that all of them are cut: for an
-isothermal lens the Jacobian ``A = 1 - H - Gamma`` has ``||1 - H|| =
-max(1, 2 kappa - 1)`` and ``2 kappa <= theta_E / (sqrt(q) r)``, so every
+Ray cut: a sub-pixel whose Sersic exponent ``b_n (R / R_sersic)^(1/n)``
+exceeds ``T`` contributes 0, with ``T`` set (per Sersic index and work dtype,
+:func:`ray_cut`) so that the source's flux beyond the cut, ``Q(2n, T)``, is
+:data:`RAY_TAIL` (1e-14 in float64, T = 35.8 for n = 1; 3e-7 in float32, T =
+18.0, below the float32 rounding). A whole pixel is skipped when a rigorous
+bound on its sub-pixels' source-plane positions shows that all of them are
+cut: for an isothermal lens the Jacobian ``A = 1 - H - Gamma`` has ``||1 - H||
+= max(1, |1 - 2 kappa|)`` and ``2 kappa <= theta_E / (sqrt(q) r)``, so every
 sub-pixel's source position is within ``(max(1, theta_E / (sqrt(q) r_min) -
-1) + |gamma|) * (pixel half-diagonal)`` of the pixel centre's. The flux so
-dropped is < 1e-13 (float64) / 1e-8 (float32) of the unit source flux.
+1) + |gamma|) * (pixel half-diagonal)`` of the pixel centre's (+2%; first for
+blocks of 4 x 4 pixels, then for the pixels of the surviving blocks). With
+the cull the result is identical to rendering every pixel.
 
 Units: arcsec, degrees, pixels; images are flux per pixel for a source of
 unlensed total flux 1. No I/O.
@@ -73,7 +82,8 @@ from .render import REFINE_FRAC, REFINE_SAMPLES_PER_SCALE, _finite, _pos_int, _p
 
 __all__ = [
     "PARAM_KEYS",
-    "RAY_CUT",
+    "RAY_TAIL",
+    "ray_cut",
     "FastRenderer",
     "get_fast_renderer",
     "render_unit_images",
@@ -93,11 +103,8 @@ PARAM_KEYS = (
     "src_x", "src_y", "src_reff", "src_e", "src_phi_deg",
 )
 
-#: Rays whose Sersic exponent ``b_n (R / R_sersic)^(1/n)`` exceeds this are dropped, per
-#: work dtype: float64 36 (surface brightness < 2.3e-16 of the source centre's; flux
-#: dropped < 1e-13), float32 22 (< 2.8e-10; flux dropped < 1e-8, below the float32
-#: rounding of the image).
-RAY_CUT = {"float64": 36.0, "float32": 22.0}
+#: Fraction of the (unlensed) source flux beyond the ray cut, per work dtype (see :func:`ray_cut`).
+RAY_TAIL = {"float64": 1e-14, "float32": 3e-7}
 
 # lenstronomy constants
 _S_SCALE = 1e-10           # SIE -> NIE core (lenstronomy SIE._s_scale)
@@ -105,9 +112,10 @@ _Q_MAX_DERIV = 0.99999999  # NIEMajorAxis.derivatives: q >= 1 -> this
 _C_MAX = 0.9999            # ellipticity2phi_q clamp of |e|
 _SMOOTH = 1e-4             # SersicUtil smoothing (arcsec)
 _MAX_R_FRAC = 1000.0       # SersicElliptic.function max_R_frac
-# The rational atanh after two half-argument reductions is valid for |w| <= 0.9756, i.e.
-# s' = sqrt(1 - q^2) <= 0.975 (lens q >= 0.22); flatter lenses use libm atan/atanh
-# (scalar code, slower). Non-exponential sources (n != 1) also take that path.
+# The vectorised atanh is valid for |w| <= 0.9756 (float64: two half-argument reductions
+# then Cephes; float32: up to 0.984), i.e. s' = sqrt(1 - q^2) <= 0.975 (lens q >= 0.22);
+# flatter lenses use libm atan/atanh (scalar code, slower). Non-exponential sources
+# (n != 1) also take that path.
 _SP_MAX_FAST = 0.975
 
 # ---- packed per-stamp parameters (pack_params), all float64 then cast to the work dtype
@@ -137,7 +145,7 @@ _KVALS = (
     ("HQ0", -1.95638849376911654834e1), ("HQ1", 1.08938092147140262656e2),
     ("HQ2", -2.49839401325893582852e2), ("HQ3", 2.52006675691344555838e2),
     ("HQ4", -9.27277618139601130017e1),
-    # exp(x), -36 <= x <= 0: Taylor polynomial of exp(x / 128), squared 7 times
+    # exp(x), -70 <= x <= 0 (the float64 ray cut): Taylor polynomial of exp(x / 128), squared 7 times
     ("INV128", 1.0 / 128.0),
     ("E11", 1.0 / 39916800.0), ("E10", 1.0 / 3628800.0), ("E9", 1.0 / 362880.0),
     ("E8", 1.0 / 40320.0), ("E7", 1.0 / 5040.0), ("E6", 1.0 / 720.0), ("E5", 1.0 / 120.0),
@@ -152,7 +160,8 @@ _KVALS = (
     # Cephes atanhf, |x| < 0.5: atanh(x) = x + x^3 P(x^2)
     ("FH0", 1.81740078349e-1), ("FH1", 8.24370301058e-2), ("FH2", 1.46691431730e-1),
     ("FH3", 1.99782164500e-1), ("FH4", 3.33337300303e-1),
-    # exp(x), -22 <= x <= 0: Taylor polynomial (degree 6) of exp(x / 64), squared 6 times
+    # float32 exp(x), x <= 0 down to the float32 ray cut: Taylor polynomial (degree 6) of
+    # exp(x / 64), squared 6 times
     ("INV64", 1.0 / 64.0),
     # single-precision atanh(w), 0 <= w <= 0.984: atanh(c) + atanh((w - c) / (1 - w c)) with
     # c = 0 / 0.7484 / 0.9594 for w below 0.45 / 0.8965 / above, so that |t| <= 0.45
@@ -181,10 +190,25 @@ def _consts(dtype) -> tuple:
     raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
 
 
-def _cut(dtype) -> float:
-    """The ray cut of a work dtype (see RAY_CUT)."""
+_CUTS: dict = {}
+
+
+def ray_cut(n_sersic: float, dtype=np.float64) -> float:
+    """Ray cut ``T`` on the Sersic exponent ``b_n (R / R_sersic)^(1/n)`` (dimensionless).
+
+    The flux of a Sersic source beyond ``b_n (R / R_sersic)^(1/n) = T`` is the
+    regularised upper incomplete gamma function ``Q(2n, T)`` (for any ``b_n``),
+    so ``T = Q^{-1}(2n, RAY_TAIL[dtype])``: 35.8 (float64) / 18.0 (float32) for
+    an exponential source.
+    """
     _consts(dtype)
-    return RAY_CUT[np.dtype(dtype).name]
+    key = (float(n_sersic), np.dtype(dtype).name)
+    v = _CUTS.get(key)
+    if v is None:
+        from scipy.special import gammainccinv
+
+        v = _CUTS[key] = float(gammainccinv(2.0 * key[0], RAY_TAIL[key[1]]))
+    return v
 
 
 _JIT = dict(fastmath=True, error_model="numpy", cache=True)
@@ -207,7 +231,8 @@ def _is_single_ol(x):
 
 @njit(**_JIT_INLINE)
 def _expneg(x, K):
-    """exp(x) for -RAY_CUT <= x <= 0 (~1e-13 relative in float64, ~4e-6 in float32)."""
+    """exp(x) for -70 <= x <= 0 (the ray cut; ~1e-13 relative in float64, ~4e-6 in float32 for
+    x >= -20, less accurate beyond where exp(x) is negligible)."""
     if _is_single(x):
         u = x * K[_kINV64]
         p = K[_kE6]
@@ -299,8 +324,9 @@ def _sie_angles(xr, yr, q2, s, s2, q2s, sp, K, general):
     """``(atan(sp xr / (psi + s)), atanh(sp yr / (psi + q^2 s)))`` (lenstronomy NIEMajorAxis).
 
     ``(xr, yr)`` in the lens frame; the deflection is ``b / sp`` times these.
-    Fast path: Cephes approximants evaluated as ratios of homogeneous
-    polynomials of the (numerator, denominator) pairs (both divided by psi), atan with the Cephes
+    ``general``: libm functions. float32: :func:`_sie_angles_single`. float64:
+    Cephes approximants evaluated as ratios of homogeneous polynomials of the
+    (numerator, denominator) pairs (both divided by psi), atan with the Cephes
     range reduction, atanh with two half-argument reductions
     ``atanh(N/D) = 2 atanh(N / (D + sqrt(D^2 - N^2)))``; the two final
     divisions are merged into one (two divisions per ray in all).
@@ -415,24 +441,6 @@ def _pixel_sum(xrc, yrc, oxr, oyr, p, K, general):
     return acc
 
 
-@njit(**_JIT_INLINE)
-def _pixel_sum16(xrc, yrc, oxr, oyr, p, K, general):
-    """:func:`_pixel_sum` for exactly 16 sub-pixels (supersample 4): a constant trip count vectorises."""
-    q2, s, s2, q2s, sp = p[_Q2], p[_S], p[_S2], p[_Q2S], p[_SP]
-    a11, a12, a21, a22, c0x, c0y = p[_A11], p[_A12], p[_A21], p[_A22], p[_C0X], p[_C0Y]
-    b11, b12, b21, b22 = p[_B11], p[_B12], p[_B21], p[_B22]
-    amp, bn, invrs, invn, cut = p[_AMP], p[_BN], p[_INVRS], p[_INVN], p[_CUT]
-    acc = K[_kZERO]
-    for j in range(16):
-        x = xrc + oxr[j]
-        y = yrc + oyr[j]
-        fa, fh = _sie_angles(x, y, q2, s, s2, q2s, sp, K, general)
-        u = a11 * x + a12 * y + c0x + b11 * fa + b12 * fh
-        v = a21 * x + a22 * y + c0y + b21 * fa + b22 * fh
-        acc += _sersic_sb(u, v, amp, bn, invrs, invn, cut, K, general)
-    return acc
-
-
 @njit(**_JIT)
 def _render_pixels(img, rows, cols, npx, xs, ys, offs, area, p, general, K, buf):
     """Set ``img[rows[i], cols[i]]`` (i < npx) to the sub-pixel sum over offsets ``offs`` times ``area``.
@@ -445,18 +453,6 @@ def _render_pixels(img, rows, cols, npx, xs, ys, offs, area, p, general, K, buf)
     oxr, oyr = offs
     m = oxr.size
     cphi, sphi = p[_CPHI], p[_SPHI]
-    if m == 16:
-        for i in range(npx):
-            x = xs[cols[i]]
-            y = ys[rows[i]]
-            xrc = cphi * x + sphi * y
-            yrc = -sphi * x + cphi * y
-            if general:
-                acc = _pixel_sum16(xrc, yrc, oxr, oyr, p, K, True)
-            else:
-                acc = _pixel_sum16(xrc, yrc, oxr, oyr, p, K, False)
-            img[rows[i], cols[i]] = np.float64(acc) * area
-        return
     if m >= 64:
         for i in range(npx):
             x = xs[cols[i]]
@@ -515,18 +511,24 @@ def _offsets(ss, p64, dtype_like):
 
 
 @njit(**_JIT_INLINE)
-def _cull_row(lower, xrc_row, yrc_row, n, p, K, general):
-    """Lower bound of the Sersic radius R over each pixel of a row (-1: pixel contains the lens centre)."""
+def _cull_bound(lower, xr, yr, cnt, hd, p, K, general):
+    """``lower[k]``: lower bound of the Sersic radius R over the square of half-diagonal ``hd`` centred
+    at lens-frame ``(xr[k], yr[k])`` (-1 when the square may contain the lens centre), k < cnt.
+
+    From the centre's ray: every point within ``hd`` maps within ``margin = (max(1, 2 kappa_max -
+    1) + |gamma|) hd`` of the centre's source position (``||1 - H|| = max(1, |1 - 2 kappa|)`` for
+    an isothermal lens, ``2 kappa <= theta_E / (sqrt(q) r)``, +2% safety), and R changes by at
+    most ``s_max`` times that (``s_min`` bounds R below by the Euclidean distance).
+    """
     q2, s, s2, q2s, sp = p[_Q2], p[_S], p[_S2], p[_Q2S], p[_SP]
     b11, b12, b21, b22 = p[_B11], p[_B12], p[_B21], p[_B22]
     a11, a12, a21, a22, c0x, c0y = p[_A11], p[_A12], p[_A21], p[_A22], p[_C0X], p[_C0Y]
     kb, gabs, smin, smax = p[_KB], p[_GABS], p[_SMIN], p[_SMAX]
     g11, g12, g21, g22, srx, sry, bs = p[_G11], p[_G12], p[_G21], p[_G22], p[_SRX], p[_SRY], p[_BS]
     one = K[_kONE]
-    hd = p[_PS] * K[_kHALFDIAG]  # pixel centre -> corner (arcsec)
-    for c in range(n):
-        xrc = xrc_row[c]
-        yrc = yrc_row[c]
+    for k in range(cnt):
+        xrc = xr[k]
+        yrc = yr[k]
         fa, fh = _sie_angles(xrc, yrc, q2, s, s2, q2s, sp, K, general)
         u = a11 * xrc + a12 * yrc + c0x + b11 * fa + b12 * fh
         v = a21 * xrc + a22 * yrc + c0y + b21 * fa + b22 * fh
@@ -535,11 +537,68 @@ def _cull_row(lower, xrc_row, yrc_row, n, p, K, general):
         dy = g21 * xrc + g22 * yrc - bs * fh - sry
         d = np.sqrt(dx * dx + dy * dy)
         rmin = np.sqrt(xrc * xrc + yrc * yrc) - hd
-        # |d beta| <= (max(1, 2 kappa_max - 1) + |gamma|) |d theta|, 2 kappa <= theta_E / (sqrt(q) r)
         lmax = max(one, kb / max(rmin, K[_kTINY]) - one) + gabs
         margin = K[_kSAFETY] * lmax * hd
         lb = max(smin * (d - margin), rc - smax * margin)
-        lower[c] = lb if rmin > K[_kZERO] else -one
+        lower[k] = lb if rmin > K[_kZERO] else -one
+
+
+@njit(**_JIT)
+def _active_pixels(p64, p, n, xs, ys, rows, cols, K, general):
+    """Pixels that may hold a ray above the cut, into ``rows``/``cols``; returns their count.
+
+    Two levels: blocks of 4 x 4 pixels from their centre rays, then the pixels
+    of the surviving blocks from theirs (see :func:`_cull_bound`).
+    """
+    bsz = 4
+    nbk = (n + bsz - 1) // bsz
+    cphi, sphi, rcut = p[_CPHI], p[_SPHI], p[_RCUT]
+    xr = np.empty(n * n, dtype=p.dtype)
+    yr = np.empty(n * n, dtype=p.dtype)
+    lower = np.empty(n * n, dtype=p.dtype)
+    ps = p64[_PS]
+    # ---- blocks (full-size squares, also at the edges: conservative)
+    k = 0
+    for i in range(nbk):
+        y = (i * bsz + 0.5 * (bsz - 1) - p64[_CY]) * ps
+        for j in range(nbk):
+            x = (j * bsz + 0.5 * (bsz - 1) - p64[_CX]) * ps
+            xr[k] = p64[_CPHI] * x + p64[_SPHI] * y
+            yr[k] = -p64[_SPHI] * x + p64[_CPHI] * y
+            k += 1
+    hdb = p[_PS] * K[_kHALFDIAG] * bsz
+    if general:
+        _cull_bound(lower, xr, yr, k, hdb, p, K, True)
+    else:
+        _cull_bound(lower, xr, yr, k, hdb, p, K, False)
+    # ---- pixels of the surviving blocks
+    cnt = 0
+    for i in range(nbk):
+        for j in range(nbk):
+            if lower[i * nbk + j] > rcut:
+                continue
+            for r in range(i * bsz, min(n, i * bsz + bsz)):
+                for c in range(j * bsz, min(n, j * bsz + bsz)):
+                    rows[cnt] = r
+                    cols[cnt] = c
+                    cnt += 1
+    for k in range(cnt):
+        x = xs[cols[k]]
+        y = ys[rows[k]]
+        xr[k] = cphi * x + sphi * y
+        yr[k] = -sphi * x + cphi * y
+    hdp = p[_PS] * K[_kHALFDIAG]
+    if general:
+        _cull_bound(lower, xr, yr, cnt, hdp, p, K, True)
+    else:
+        _cull_bound(lower, xr, yr, cnt, hdp, p, K, False)
+    npx = 0
+    for k in range(cnt):
+        if lower[k] <= rcut:
+            rows[npx] = rows[k]
+            cols[npx] = cols[k]
+            npx += 1
+    return npx
 
 
 @njit(**_JIT)
@@ -551,7 +610,6 @@ def _render_one(img, p64, p, ss, adaptive, cull, K, buf):
     """
     n = img.shape[0]
     general = p64[_GEN] != 0.0
-    cphi, sphi, rcut = p[_CPHI], p[_SPHI], p[_RCUT]
     # pixel-centre coordinates (arcsec) along columns and rows
     xs = np.empty(n, dtype=p.dtype)
     ys = np.empty(n, dtype=p.dtype)
@@ -561,24 +619,13 @@ def _render_one(img, p64, p, ss, adaptive, cull, K, buf):
     # ---- pass 1: which pixels can hold any ray above the cut
     rows = np.empty(n * n, dtype=np.int64)
     cols = np.empty(n * n, dtype=np.int64)
-    npx = 0
-    lower = np.empty(n, dtype=p.dtype)
-    xrc_row = np.empty(n, dtype=p.dtype)
-    yrc_row = np.empty(n, dtype=p.dtype)
-    for r in range(n):
-        if cull:
-            y = ys[r]
+    img[:, :] = 0.0
+    if cull:
+        npx = _active_pixels(p64, p, n, xs, ys, rows, cols, K, general)
+    else:
+        npx = 0
+        for r in range(n):
             for c in range(n):
-                xrc_row[c] = cphi * xs[c] + sphi * y
-                yrc_row[c] = -sphi * xs[c] + cphi * y
-            if general:
-                _cull_row(lower, xrc_row, yrc_row, n, p, K, True)
-            else:
-                _cull_row(lower, xrc_row, yrc_row, n, p, K, False)
-        for c in range(n):
-            if cull and lower[c] > rcut:
-                img[r, c] = 0.0
-            else:
                 rows[npx] = r
                 cols[npx] = c
                 npx += 1
@@ -665,7 +712,7 @@ def _sersic_batch(P64, P, bx, by, out, K):
 # parameter packing (lenstronomy conventions)
 # --------------------------------------------------------------------------
 @njit(**_JIT_EXACT)
-def _pack(raw, bn_exact, ps, ss, mss, cut, out):
+def _pack(raw, bn_exact, cuts, ps, ss, mss, out):
     """Per-stamp constants (see the _CX ... _CUT layout) from raw parameters.
 
     ``raw[b] = (theta_e, lens_q, lens_phi_deg, gamma1, gamma2, src_x, src_y,
@@ -676,6 +723,7 @@ def _pack(raw, bn_exact, ps, ss, mss, cut, out):
         sx, sy, reff, e_src, sphi_deg = raw[b, 5], raw[b, 6], raw[b, 7], raw[b, 8], raw[b, 9]
         n, cx, cy = raw[b, 10], raw[b, 11], raw[b, 12]
         o = out[b]
+        cut = cuts[b]
         o[_CX], o[_CY], o[_PS], o[_CUT] = cx, cy, ps, cut
         # ---- lens: phi_q2_ellipticity -> ellipticity2phi_q -> NIE._param_conv
         phi = math.radians(phi_deg)
@@ -814,25 +862,28 @@ def _raw_batch(params: Mapping, centers=None) -> np.ndarray:
 
 
 def _pack_raw(raw: np.ndarray, pixel_scale: float, supersample: int, max_supersample: int,
-              cut: float = RAY_CUT["float64"]) -> np.ndarray:
+              dtype=np.float64) -> np.ndarray:
     n = raw[:, 10]
     if np.all(n == 1.0):
         bnx = np.full(raw.shape[0], _bn_exact(1.0))
+        cuts = np.full(raw.shape[0], ray_cut(1.0, dtype))
     else:
         bnx = np.array([_bn_exact(float(v)) for v in n])
+        cuts = np.array([ray_cut(float(v), dtype) for v in n])
     P = np.empty((raw.shape[0], _NPAR))
-    _pack(raw, bnx, float(pixel_scale), int(supersample), int(max_supersample), float(cut), P)
+    _pack(raw, bnx, cuts, float(pixel_scale), int(supersample), int(max_supersample), P)
     return P
 
 
 def pack_params(params: Mapping, centers=None, pixel_scale: float = 0.262, supersample: int = 4,
-                max_supersample: int = 32, cut: float = RAY_CUT["float64"]) -> np.ndarray:
+                max_supersample: int = 32, dtype=np.float64) -> np.ndarray:
     """(B, 39) float64 per-stamp constants of the kernels, in lenstronomy's conventions.
 
     ``params``: mapping of :data:`PARAM_KEYS` (+ optional ``n_sersic``) to scalars or
-    1-D arrays (arcsec, degrees); ``centers``: (B, 2) lens centres (cx, cy) in pixels.
+    1-D arrays (arcsec, degrees); ``centers``: (B, 2) lens centres (cx, cy) in pixels;
+    ``dtype``: work dtype the ray cut is set for.
     """
-    return _pack_raw(_raw_batch(params, centers), pixel_scale, supersample, max_supersample, cut)
+    return _pack_raw(_raw_batch(params, centers), pixel_scale, supersample, max_supersample, dtype)
 
 
 # --------------------------------------------------------------------------
@@ -889,7 +940,7 @@ def render_unit_images(
     ps = _positive("pixel_scale", pixel_scale)
     ss = _pos_int("supersample", supersample)
     mss = _pos_int("max_supersample", max_supersample)
-    P64 = pack_params(params, centers, ps, ss, mss, _cut(dtype))
+    P64 = pack_params(params, centers, ps, ss, mss, dtype)
     if out is not None and (out.shape != (P64.shape[0], n_pix, n_pix) or out.dtype != np.float64
                             or not out.flags.c_contiguous):
         raise ValueError(f"out must be a C-contiguous float64 array of shape {(P64.shape[0], n_pix, n_pix)}")
@@ -917,7 +968,7 @@ def source_plane(params: Mapping, x, y, dtype=np.float64) -> tuple[np.ndarray, n
     :meth:`ArcRenderer.lens_kwargs`, in the precision ``dtype``.
     """
     dt = np.dtype(dtype)
-    P64 = pack_params(params, cut=_cut(dt))
+    P64 = pack_params(params, dtype=dt)
     x2, y2, shape = _points(P64, x, y)
     bx, by = np.empty(x2.shape, dt), np.empty(x2.shape, dt)
     _source_plane_batch(P64, P64.astype(dt), x2.astype(dt), y2.astype(dt), bx, by, _consts(dt))
@@ -936,7 +987,7 @@ def sersic_unit_sb(params: Mapping, bx, by, dtype=np.float64) -> np.ndarray:
     Same shapes as :func:`source_plane`; values beyond the ray cut are 0.
     """
     dt = np.dtype(dtype)
-    P64 = pack_params(params, cut=_cut(dt))
+    P64 = pack_params(params, dtype=dt)
     b2, c2, shape = _points(P64, bx, by)
     out = np.empty(b2.shape, dt)
     _sersic_batch(P64, P64.astype(dt), b2.astype(dt), c2.astype(dt), out, _consts(dt))
@@ -986,8 +1037,7 @@ class FastRenderer:
             _finite("src_phi_deg", src_phi_deg), _positive("n_sersic", n_sersic),
             _finite("center[0]", center[0]), _finite("center[1]", center[1]),
         ]])
-        P64 = _pack_raw(raw, self.pixel_scale, self.supersample, self.max_supersample,
-                        _cut(self.dtype))
+        P64 = _pack_raw(raw, self.pixel_scale, self.supersample, self.max_supersample, self.dtype)
         return _render_packed(P64, self.n_pix, self.supersample, self.adaptive, True, self.dtype)[0]
 
     def lensed_unit_images(self, params: Mapping, centers=None) -> np.ndarray:
@@ -1048,6 +1098,22 @@ def _kernel_fft(kernel: np.ndarray, m: int, cdtype) -> np.ndarray:
     return kf
 
 
+_KSTACK_CACHE: dict = {}
+_KSTACK_CACHE_MAX = 32
+
+
+def _kernel_stack(kers, kset: int, m: int, cdtype) -> np.ndarray:
+    """Stacked :func:`_kernel_fft` of a kernel set (cached by the set's hash and size)."""
+    key = (m, np.dtype(cdtype).char, len(kers), kers[0].shape, kset)
+    kf = _KSTACK_CACHE.get(key)
+    if kf is None:
+        kf = np.stack([_kernel_fft(k, m, cdtype) for k in kers])
+        if len(_KSTACK_CACHE) >= _KSTACK_CACHE_MAX:
+            _KSTACK_CACHE.clear()
+        _KSTACK_CACHE[key] = kf
+    return kf
+
+
 @njit(**_JIT_EXACT)
 def _spectrum_products(F, KF, idx, scale, out):
     """out[b, j] = F[b] * KF[idx[b, j]] * scale[b, j] (spectra of the image and the kernels)."""
@@ -1074,15 +1140,25 @@ def _crop_plan(imgs, h, sizes):
     """
     nb, n = imgs.shape[0], imgs.shape[1]
     plan = np.zeros((nb, 9), dtype=np.int64)
+    rowany = np.zeros(n, dtype=np.bool_)
+    colany = np.zeros(n, dtype=np.bool_)
     for b in range(nb):
-        y0, y1, x0, x1 = n, -1, n, -1
+        colany[:] = False
         for r in range(n):
+            ra = False
             for c in range(n):
-                if imgs[b, r, c] != 0.0:
-                    y0 = min(y0, r)
-                    y1 = max(y1, r)
-                    x0 = min(x0, c)
-                    x1 = max(x1, c)
+                nz = imgs[b, r, c] != 0.0
+                ra |= nz
+                colany[c] |= nz
+            rowany[r] = ra
+        y0, y1, x0, x1 = n, -1, n, -1
+        for i in range(n):
+            if rowany[i]:
+                y0 = min(y0, i)
+                y1 = i
+            if colany[i]:
+                x0 = min(x0, i)
+                x1 = i
         if y1 < 0:
             continue
         by, bx = y1 + 1 - y0, x1 + 1 - x0
@@ -1115,14 +1191,25 @@ def _fill_buffers(imgs, plan, sel, buf):
 @njit(**_JIT_EXACT)
 def _scatter(conv, plan, sel, out):
     """out[sel[i], j] = zeros with the needed block of conv[i, j] at its place in the image."""
+    n = out.shape[2]
     for i in range(sel.size):
         b = sel[i]
         y0, x0, ay0, ay1, ax0, ax1 = plan[b, 1], plan[b, 2], plan[b, 3], plan[b, 4], plan[b, 5], plan[b, 6]
+        r0, r1, c0, c1 = y0 + ay0, y0 + ay1, x0 + ax0, x0 + ax1
         for j in range(conv.shape[1]):
-            out[b, j] = 0.0
-            for r in range(ay1 - ay0):
-                for c in range(ax1 - ax0):
-                    out[b, j, y0 + ay0 + r, x0 + ax0 + c] = conv[i, j, r, c]
+            o = out[b, j]
+            cv = conv[i, j]
+            for r in range(n):
+                if r < r0 or r >= r1:
+                    for c in range(n):
+                        o[r, c] = 0.0
+                    continue
+                for c in range(c0):
+                    o[r, c] = 0.0
+                for c in range(c0, c1):
+                    o[r, c] = cv[r - r0, c - c0]
+                for c in range(c1, n):
+                    o[r, c] = 0.0
 
 
 _FAST_SIZES: dict = {}
@@ -1169,10 +1256,11 @@ def _convolve(imgs: np.ndarray, kernels, idx: np.ndarray, scale, dtype, out: np.
     plan = _crop_plan(imgs, h, _fast_sizes(1 + 2 * h, n + 2 * h))
     out[plan[:, 0] == 0] = 0.0
     step = max(1, int(chunk))
+    kset = hash(b"".join(k.tobytes() for k in kers))  # one hash of the kernel set per call
     for m in np.unique(plan[:, 0]):
         if m == 0:
             continue
-        kf = np.stack([_kernel_fft(k, int(m), cdt) for k in kers])       # (K, m, m//2+1)
+        kf = _kernel_stack(kers, kset, int(m), cdt)                       # (K, m, m//2+1)
         group = np.nonzero(plan[:, 0] == m)[0]
         for i0 in range(0, group.size, step):
             sel = group[i0:i0 + step]
@@ -1242,7 +1330,7 @@ def convolve_psf_batch(images: np.ndarray, kernels, kernel_index=None, dtype=np.
 
 
 def inject_bands_batch(unit_images: np.ndarray, band_fluxes, kernels=None, kernel_index=None,
-                       dtype=np.float32) -> np.ndarray:
+                       dtype=np.float32, out: np.ndarray | None = None) -> np.ndarray:
     """Batched :func:`~darkhaloscope.lensing.render.inject_bands`: scale unit-flux images per band, convolve.
 
     ``unit_images`` (B, N, N); ``band_fluxes`` (B, J) unlensed source flux per
@@ -1252,7 +1340,8 @@ def inject_bands_batch(unit_images: np.ndarray, band_fluxes, kernels=None, kerne
     FFT precision -- float32 (default; deviations from ``inject_bands`` up to
     ~1e-7 of each band's peak, below the float32 renderer's own ~1e-5) or
     float64 (equal to ``inject_bands`` to its float32 rounding). Returns
-    (B, J, N, N) float32 nanomaggies per pixel. The band flux multiplies the
+    (B, J, N, N) float32 nanomaggies per pixel (into ``out`` if given, a
+    C-contiguous float32 array of that shape). The band flux multiplies the
     spectrum (the convolution is linear).
     """
     unit = _as_images(unit_images)
@@ -1265,7 +1354,11 @@ def inject_bands_batch(unit_images: np.ndarray, band_fluxes, kernels=None, kerne
     f = np.broadcast_to(f, (nb, f.shape[1]))
     if not np.all(np.isfinite(f)):
         raise ValueError("band_fluxes must be finite")
-    out = np.empty((nb, f.shape[1]) + unit.shape[1:], np.float32)
+    shape = (nb, f.shape[1]) + unit.shape[1:]
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
     if kernels is None:
         np.multiply(unit[:, None], f[:, :, None, None], out=out, casting="same_kind")
         return out

@@ -374,7 +374,7 @@ def gen_runs(tmp_path_factory):
     logs = {}
     for gen in ("gen2", "gen3"):
         res = T.run(["make", "-o", ".venv/.installed", "gen", f"GEN={gen}", f"EXTRA={_extra(base, gen)}"], work,
-                    timeout=330, check=False)
+                    timeout=420, check=False)
         logs[gen] = res.stdout + res.stderr
         assert res.returncode == 0, f"make gen GEN={gen} failed ({res.returncode}):\n{logs[gen][-8000:]}"
     return work, logs

@@ -675,3 +675,17 @@ def test_no_forbidden_column_reaches_a_trained_model(trained):
     ck = load_checkpoint(trained[0])
     assert set(ck["meta_cols"]) <= ALLOWED_META_COLS
     assert ck["model_config"]["n_meta"] == len(ck["meta_cols"])
+
+
+def test_checkpoint_bytes_do_not_depend_on_object_identity(tmp_path):
+    """A resumed run's checkpoints hold unpickled (not interned) strings; the bytes must not care,
+    or `dvc status` would call a resumed, value-identical model modified."""
+    model = build_model("small_cnn", 3, 0.0, 0, 4)
+    shared = {"a": {"lr": 1.0, "stage": "main"}, "b": [{"lr": 2.0, "stage": "main"}]}
+    fresh = {"a": {"".join(["l", "r"]): 1.0, "stage": "".join(["ma", "in"])},
+             "b": [{"".join(["l", "r"]): 2.0, "stage": "".join(["ma", "in"])}]}
+    assert fresh == shared and fresh["a"] is not shared["a"]
+    for d, state in (("a", shared), ("b", fresh)):  # same file name: torch.save puts it into the archive
+        (tmp_path / d).mkdir()
+        save_checkpoint(str(tmp_path / d / "last.pt"), model, {"train_state": state, "norm": NormConfig().to_dict()})
+    assert (tmp_path / "a" / "last.pt").read_bytes() == (tmp_path / "b" / "last.pt").read_bytes()

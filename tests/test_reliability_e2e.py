@@ -46,7 +46,11 @@ def texts(work: Path, paths=METRICS) -> dict:
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
     """The uninterrupted reference run: (repository, dvc.lock md5s, metrics texts, model weights)."""
-    work = T.make_repo(tmp_path_factory.mktemp("clean") / "repo", T.tiny_params(epochs=EPOCHS))
+    params = T.tiny_params(epochs=EPOCHS)
+    # the reference renderer: no numba compilation in every fresh copy (~20 s); the fast engine's own
+    # determinism is covered by the data e2e test, which runs the shipped params
+    params["inject"]["engine"] = "lenstronomy"
+    work = T.make_repo(tmp_path_factory.mktemp("clean") / "repo", params)
     out = T.dvc(["repro", "evaluate"], work, timeout=600)
     assert ran(out) >= set(ALL_STAGES), out[-3000:]
     ref = {"md5": T.out_md5s(work, ALL_STAGES), "metrics": texts(work),
@@ -103,14 +107,11 @@ def test_sigkill_during_stamps_leaves_nothing_complete_and_rerun_matches(clean, 
     assert tmp_dir.is_dir()  # the partial output stays in the temporary directory
     status = T.dvc(["status", "stamps"], work)
     assert "stamps:" in status and "deleted:" in status and "data/stamps" in status, status
-    # what a user types: DVC notices the dead run's locks and restores the recorded outputs
-    out = T.dvc(["repro", "stamps"], work, timeout=400)
-    assert "had been killed. Auto removed it from the lock file" in out, out[-3000:]
-    assert T.out_md5s(work, ALL_STAGES) == ref["md5"]
-    assert_up_to_date(work)
-    # and really running the stage again (over the killed run's leftovers) gives the same bytes
+    # running the stage again (over the killed run's leftovers; a plain `dvc repro stamps` would
+    # restore the recorded outputs from the cache, see the training case) gives the same bytes
     out = T.dvc(["repro", "--force", "--single-item", "stamps"], work, timeout=400)
     assert ran(out) == {"stamps"}, out[-3000:]
+    assert "had been killed. Auto removed it from the lock file" in out, out[-3000:]  # DVC cleared its locks
     assert T.out_md5s(work, ALL_STAGES) == ref["md5"]
     assert (work / "metrics/stamps.json").read_text() == ref["metrics"]["metrics/stamps.json"]
     assert not tmp_dir.exists()
@@ -137,13 +138,14 @@ def test_sigkill_during_training_then_rerun_matches(clean, work, tmp_path):
     assert load_checkpoint(str(last))["train_state"]["epoch"] < EPOCHS  # killed part-way
     status = T.dvc(["status", "train"], work)
     assert "train:" in status and "modified:" in status and "data/model" in status, status
+    # what a user types: DVC clears the dead run's locks and re-runs train (score and evaluate then
+    # find the same model bytes and have nothing to do)
     out = T.dvc(["repro", "evaluate"], work, timeout=400)
     assert "had been killed. Auto removed it from the lock file" in out, out[-3000:]
-    assert T.out_md5s(work, ALL_STAGES) == ref["md5"]
-    assert_up_to_date(work)
-    # a real re-run of the killed stage, then score and evaluate: the same model and eval metrics
-    out = T.dvc(["repro", "--force", "--downstream", "train"], work, timeout=400)
-    assert ran(out) == set(MODEL_STAGES), out[-3000:]
+    if "train" not in ran(out):  # DVC may restore the recorded outputs from its cache instead
+        assert "Stage 'train' is cached - skipping run, checking out outputs" in out, out[-3000:]
+        out = T.dvc(["repro", "--force", "--single-item", "train"], work, timeout=400)
+    assert ran(out) == {"train"}, out[-3000:]
     assert T.out_md5s(work, ALL_STAGES) == ref["md5"]
     assert texts(work) == ref["metrics"]
     assert_up_to_date(work)
@@ -211,7 +213,7 @@ _AWS_UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_
               "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
-def _parent_with_root(tmp_path: Path, root: str, endpoint: str, monkeypatch):
+def _parent_with_root(tmp_path: Path, root: str, endpoint: str, monkeypatch, **env):
     """`python stages/parent.py` in a copy of stages/ + src/ with survey.root = ``root``, S3 at ``endpoint``."""
     for k in _AWS_UNSET:
         monkeypatch.delenv(k, raising=False)
@@ -223,7 +225,7 @@ def _parent_with_root(tmp_path: Path, root: str, endpoint: str, monkeypatch):
                 AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing-secret",
                 AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=str(tmp_path / "aws-config"),
                 AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "aws-credentials"),
-                NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+                NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", **env)
     return work, res
 
 
@@ -231,7 +233,8 @@ def test_parent_stage_with_unreachable_s3_endpoint(tmp_path, monkeypatch):
     with socket.socket() as s:  # bound but not listening: every connection is refused
         s.bind(("127.0.0.1", 0))
         endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
-        work, res = _parent_with_root(tmp_path, "s3://missing-bucket/x", endpoint, monkeypatch)
+        work, res = _parent_with_root(tmp_path, "s3://missing-bucket/x", endpoint, monkeypatch,
+                                      AWS_MAX_ATTEMPTS="2")  # botocore's retries: 2 s instead of 6
     assert res.returncode == 1, res.stderr[-3000:]
     assert TRACEBACK not in res.stderr, res.stderr[-4000:]
     line = res.stderr.strip().splitlines()[-1]

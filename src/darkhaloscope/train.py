@@ -412,7 +412,7 @@ def _train_epoch(model, batches, opt, loss_fn, device, amp, grad_clip: float, gn
         tot += loss.item() * len(y)
         n += len(y)
         if hasattr(batches, "set_postfix"):
-            batches.set_postfix(loss=f"{tot / max(n, 1):.4f}")
+            batches.set_postfix(loss=f"{tot / max(n, 1):.4f}", refresh=False)
     return tot, n
 
 

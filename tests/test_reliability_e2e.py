@@ -173,6 +173,37 @@ def test_sigkill_then_resume_from_last_pt_matches(clean, work, tmp_path):
     assert_up_to_date(work)  # byte-identical data/model and metrics: DVC sees nothing to do
 
 
+# every manifest row of the clean run through process_brick with the fast (numba) engine; prints a hash
+FAST_ENGINE_SCRIPT = """
+import hashlib, sys
+sys.path.insert(0, "src")
+import pyarrow.parquet as pq
+from darkhaloscope.params import load_params
+from darkhaloscope.stamps import process_brick
+p = load_params("params.yaml")
+inj = dict(p["inject"], engine="fast")
+rows = pq.read_table("data/manifest/manifest.parquet").to_pylist()
+h = hashlib.sha256()
+for b in sorted({r["brickname"] for r in rows}):
+    for r in process_brick(b, [r for r in rows if r["brickname"] == b], "data/coadds", inj, ("g", "r", "z")):
+        h.update(r["stamp"].tobytes())
+print("HASH", h.hexdigest())
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="lensing/fast.py compiles with fastmath=True and cache=True: the code numba "
+                   "compiles fresh and the code it loads from its cache round a few arcs differently (~1e-8 "
+                   "nanomaggies), so stamp bytes depend on whether the cache was warm; with fastmath limited to "
+                   "{'nnan', 'ninf', 'nsz', 'arcp', 'afn'} (no 'reassoc', no 'contract') both agree")
+def test_fast_engine_stamps_do_not_depend_on_the_numba_cache(clean, tmp_path):
+    work, _ = clean
+    cache = tmp_path / "numba-cache"  # empty: the first run compiles (and fills it), the second loads
+    hashes = [T.run([sys.executable, "-c", FAST_ENGINE_SCRIPT], work, 600, NUMBA_CACHE_DIR=str(cache)).stdout
+              for _ in range(2)]
+    assert all("HASH" in h for h in hashes)
+    assert hashes[0] == hashes[1]
+
+
 # ============================================================================ missing coadd band
 
 

@@ -47,8 +47,8 @@ def texts(work: Path, paths=METRICS) -> dict:
 def clean(tmp_path_factory):
     """The uninterrupted reference run: (repository, dvc.lock md5s, metrics texts, model weights)."""
     params = T.tiny_params(epochs=EPOCHS)
-    # the reference renderer: no numba compilation in every fresh copy (~20 s); the fast engine's own
-    # determinism is covered by the data e2e test, which runs the shipped params
+    # the reference renderer: no numba compilation in the fresh copy (~20 s); the fast engine's stamp
+    # bytes are checked by test_fast_engine_stamps_do_not_depend_on_the_numba_cache and the data e2e test
     params["inject"]["engine"] = "lenstronomy"
     work = T.make_repo(tmp_path_factory.mktemp("clean") / "repo", params)
     out = T.dvc(["repro", "evaluate"], work, timeout=600)
@@ -191,10 +191,6 @@ print("HASH", h.hexdigest())
 """
 
 
-@pytest.mark.xfail(strict=True, reason="lensing/fast.py compiles with fastmath=True and cache=True: the code numba "
-                   "compiles fresh and the code it loads from its cache round a few arcs differently (~1e-8 "
-                   "nanomaggies), so stamp bytes depend on whether the cache was warm; with fastmath limited to "
-                   "{'nnan', 'ninf', 'nsz', 'arcp', 'afn'} (no 'reassoc', no 'contract') both agree")
 def test_fast_engine_stamps_do_not_depend_on_the_numba_cache(clean, tmp_path):
     work, _ = clean
     cache = tmp_path / "numba-cache"  # empty: the first run compiles (and fills it), the second loads
@@ -228,10 +224,10 @@ def test_missing_coadd_band_through_the_stages(clean, work):
             for r in t:
                 if r["brickname"] == brick:
                     n_brick += 1
-                    assert r["cutout_ok"] == 0 and r["fail_reason"] == "missing_coadd:image-g", r
+                    assert r["cutout_ok"] == 0 and r["fail_reason"].startswith("missing_coadd:image-g ("), r
                 else:
-                    assert r["fail_reason"] != "missing_coadd:image-g"
-                n_fail += r["fail_reason"] == "missing_coadd:image-g"
+                    assert not r["fail_reason"].startswith("missing_coadd:image-g")
+                n_fail += r["fail_reason"].startswith("missing_coadd:image-g")
     assert n_brick > 0 and n_fail == n_brick
     sm = json.loads((work / "metrics/stamps.json").read_text())
     assert sum(d["fail_reasons"].get("missing_coadd", 0) for d in sm["splits"].values()) == n_brick

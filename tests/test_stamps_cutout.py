@@ -184,7 +184,8 @@ def test_missing_band_is_named(coadd_root, inj):
     row = control_row(*sky(100.0, 100.0, RA_C2), brickname=BRICK2)
     (res,) = process_brick(BRICK2, [row], str(coadd_root), inj)
     assert res["cutout_ok"] == 0
-    assert res["fail_reason"] == "missing_coadd:image-z,invvar-z"
+    assert res["fail_reason"].startswith("missing_coadd:image-z (coadd/")
+    assert ",invvar-z (coadd/" in res["fail_reason"] and "-invvar-z.fits.fz)" in res["fail_reason"]
     assert not res["stamp"].any()
     # the same brick with only g and r asked for is fine (and reads the .fits.fz files)
     (res2,) = process_brick(BRICK2, [row], str(coadd_root), inj, bands=("g", "r"))

@@ -562,7 +562,10 @@ class StampFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
-        self.pf = pq.ParquetFile(self.path, memory_map=True)
+        try:
+            self.pf = pq.ParquetFile(self.path, memory_map=True)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ValueError(f"{self.path}: not a readable stamp parquet file ({e})") from None
         self.metadata = self.pf.metadata
         self.schema_arrow = self.pf.schema_arrow
         self._mm: mmap.mmap | None = None

@@ -16,6 +16,7 @@ import numpy as np
 from .lensing import fast, get_engine
 from .lensing.psf import psf_kernel
 from .lensing.render import arc_snr_integrated, arc_snr_peak, inject_bands, source_band_fluxes
+from .survey.bricks import coadd_relpath
 from .survey.coadds import find_coadd, read_coadd
 from .survey.sweeps import SurveyError
 
@@ -60,9 +61,9 @@ class BrickCoadds:
         for b in bands:
             ip, vp = find_coadd(root, brick, b, "image"), find_coadd(root, brick, b, "invvar")
             if ip is None:
-                self.missing.append(f"image-{b}")
+                self.missing.append(f"image-{b} ({coadd_relpath(brick, b, 'image')})")
             if vp is None:
-                self.missing.append(f"invvar-{b}")
+                self.missing.append(f"invvar-{b} ({coadd_relpath(brick, b, 'invvar')})")
             if ip is None or vp is None:
                 continue
             try:

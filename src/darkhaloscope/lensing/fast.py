@@ -211,8 +211,11 @@ def ray_cut(n_sersic: float, dtype=np.float64) -> float:
     return v
 
 
-_JIT = dict(fastmath=True, error_model="numpy", cache=True)
-_JIT_INLINE = dict(fastmath=True, error_model="numpy", cache=True, inline="always")
+# fastmath without 'reassoc' and 'contract': freshly compiled and cache-loaded code must round
+# identically, or stamp bytes (and DVC hashes) would depend on whether numba's cache was warm
+_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "afn"}
+_JIT = dict(fastmath=_FASTMATH, error_model="numpy", cache=True)
+_JIT_INLINE = dict(fastmath=_FASTMATH, error_model="numpy", cache=True, inline="always")
 _JIT_EXACT = dict(error_model="numpy", cache=True)  # parameter packing: IEEE semantics like numpy
 
 

@@ -14,12 +14,6 @@ from darkhaloscope.stamps import known_lens_rows, parent_rows, process_brick
 from darkhaloscope.survey.bricks import bricks_of, read_brick_table
 from darkhaloscope.survey.known_lenses import read_known_lenses
 
-KNOWN_LENS_NAN_COLUMNS = (
-    "theta_e_arcsec", "src_dmag", "src_reff_arcsec", "src_e", "shear", "shear_phi_deg", "gamma1", "gamma2",
-    "lens_q", "lens_phi_deg", "src_phi_deg", "src_x_arcsec", "src_y_arcsec", "src_gr", "src_rz", "src_mag_r",
-    "host_mag_r", "psfdepth_g", "psfdepth_r", "psfdepth_z",
-)
-
 
 def main(p: dict) -> None:
     inj, sv = p["inject"], p["survey"]
@@ -40,10 +34,7 @@ def main(p: dict) -> None:
             done += process_brick(brick, [r for r in rows if r["brickname"] == brick], "data/coadds", inj,
                                   tuple(sv["bands"]))
         for r in done:
-            r.update(is_control=0, **{k: r.get(k, 0) for k in ("pair_id", "row_id", "replicate", "objid")})
-            r.setdefault("config_id", "known_lens")
-            for k in KNOWN_LENS_NAN_COLUMNS:
-                r.setdefault(k, float("nan"))
+            r["is_control"] = 0  # cut without injection, but they are lenses
         known_stats = write_file(out, "known", 0, done, paired=False)
         injection_gallery(gallery, os.path.join(out, "gallery.png"))
 

@@ -7,7 +7,7 @@ import shutil
 
 from .survey import fs
 from .survey.bricks import coadd_relpath
-from .survey.coadds import EXTENSIONS
+from .survey.coadds import EXTENSIONS, find_coadd
 
 
 def cache_coadds(root: str, bricks: list[str], bands, out_dir: str) -> dict:
@@ -26,8 +26,7 @@ def cache_coadds(root: str, bricks: list[str], bands, out_dir: str) -> dict:
     for brick in sorted(set(bricks)):
         for band in bands:
             for kind in ("image", "invvar"):
-                src = next((fs.join(root, coadd_relpath(brick, band, kind, e)) for e in EXTENSIONS
-                            if fs.exists(fs.join(root, coadd_relpath(brick, band, kind, e)))), None)
+                src = find_coadd(root, brick, band, kind)
                 if src is None:
                     missing.append({"brick": brick, "band": band, "kind": kind,
                                     "file": fs.join(root, coadd_relpath(brick, band, kind, EXTENSIONS[0]))})

@@ -166,15 +166,23 @@ def process_brick(brick: str, rows: list[dict], coadd_root: str, inj: dict, band
 
 
 def known_lens_rows(known: dict, bricks: list) -> tuple[list[dict], int]:
-    """Manifest-like rows for cutouts of known lenses (no injection); also the count with no brick."""
+    """Manifest-like rows for cutouts of known lenses (no injection); also the count with no brick.
+
+    They enter :func:`process_brick` with ``is_control = 1`` (nothing is injected) and the caller
+    labels them lenses afterwards; quantities a real lens does not come with are NaN.
+    """
+    from .manifest import INJECTION_COLUMNS
+
+    unknown = dict.fromkeys(INJECTION_COLUMNS + ("host_mag_r", "psfsize_g", "psfsize_r", "psfsize_z",
+                                                 "psfdepth_g", "psfdepth_r", "psfdepth_z"), np.nan)
     rows, n_nobrick = [], 0
     for i, (name, ra, dec, brick) in enumerate(zip(known["name"], known["ra"], known["dec"], bricks)):
         if brick is None:
             n_nobrick += 1
             continue
-        rows.append({"sample_id": i, "name": str(name), "brickname": brick, "ra": float(ra), "dec": float(dec),
-                     "is_control": 1, "split": "known", "psfsize_g": np.nan, "psfsize_r": np.nan,
-                     "psfsize_z": np.nan})
+        rows.append({**unknown, "sample_id": i, "pair_id": 0, "row_id": 0, "replicate": 0, "objid": 0,
+                     "name": str(name), "brickname": brick, "ra": float(ra), "dec": float(dec),
+                     "is_control": 1, "split": "known", "config_id": "known_lens"})
     return rows, n_nobrick
 
 

@@ -8,6 +8,7 @@ runs under bf16 autocast; on CPU everything is float32 and deterministic.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -298,7 +299,7 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
                    disable=not progress or rank != 0, leave=False, mininterval=10)
         # ranks may hold different numbers of batches (whole row groups are dealt to shards):
         # DDP's join context lets the ranks that finish early shadow the others' all-reduces
-        joiner = model.join() if world > 1 else _nullcontext()
+        joiner = model.join() if world > 1 else contextlib.nullcontext()
         with joiner:
             tot, n = _train_epoch(model, bar, opt, loss_fn, device, amp, setup.grad_clip, gnorms)
         if world > 1:
@@ -345,14 +346,6 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
     return {"stage": stage["name"], "best_epoch": state["best_epoch"], "best_" + setup.monitor: state["best"],
             "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "history": state["history"],
             "train_index": tr_index.summary(), "val_index": va_index.summary(), "hard_negatives": n_hard}
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _sync_optimizer(opt, n_steps: int, rank: int, world: int, device) -> None:

@@ -28,7 +28,7 @@ from scipy.signal import fftconvolve
 from scipy.special import gammaincinv
 
 from ..lensing.psf import moffat_kernel, noise_equivalent_area
-from ..lensing.render import render_arc
+from ..lensing.render import mag_to_nmgy, render_arc
 from .bricks import PIXEL_SCALE, brick_name, brick_wcs, coadd_relpath, sweep_name
 
 BANDS = ("g", "r", "z")
@@ -56,8 +56,12 @@ def reproducible_gzip():
         _codecs.gzip_compress = original
 
 
-def mag_to_nmgy(m):
-    return 10.0 ** ((22.5 - np.asarray(m, dtype=np.float64)) / 2.5)
+def band_fluxes(obj: dict) -> tuple[dict, np.ndarray]:
+    """True g, r, z, W1 fluxes (nanomaggies) of the drawn objects, and their r magnitudes."""
+    rmag = obj["zmag"] + obj["rz"]
+    flux = {"g": mag_to_nmgy(rmag + obj["gr"]), "r": mag_to_nmgy(rmag), "z": mag_to_nmgy(obj["zmag"]),
+            "W1": mag_to_nmgy(obj["zmag"] - obj["zw1"])}
+    return flux, rmag
 
 
 @dataclass
@@ -227,12 +231,6 @@ class MockSurvey:
         nobj = len(obj["x"])
         n = self.n
         ebv = rng.uniform(0.01, 0.08) + rng.normal(0, 0.003, nobj).clip(-0.009, 0.009)
-        w1mag = obj["zmag"] - obj["zw1"]
-        rmag = obj["zmag"] + obj["rz"]
-        gmag = rmag + obj["gr"]
-        flux = {"g": mag_to_nmgy(gmag), "r": mag_to_nmgy(rmag), "z": mag_to_nmgy(obj["zmag"]),
-                "W1": mag_to_nmgy(w1mag)}
-
         kernels = {b: moffat_kernel(cond.fwhm[b], beta=float(self.p["moffat_beta"]),
                                     pixel_scale=PIXEL_SCALE, size=33, oversample=3) for b in self.bands}
         images = {b: np.zeros((n, n), dtype=np.float64) for b in self.bands}
@@ -249,11 +247,7 @@ class MockSurvey:
             for key, val in (("zmag", rng.uniform(18.0, 19.2)), ("rz", rng.uniform(1.2, 1.7)),
                              ("zw1", rng.uniform(1.2, 1.8)), ("gr", 1.7)):
                 obj[key][lens_row] = val
-            w1mag = obj["zmag"] - obj["zw1"]
-            rmag = obj["zmag"] + obj["rz"]
-            gmag = rmag + obj["gr"]
-            flux = {"g": mag_to_nmgy(gmag), "r": mag_to_nmgy(rmag), "z": mag_to_nmgy(obj["zmag"]),
-                    "W1": mag_to_nmgy(w1mag)}
+        flux, rmag = band_fluxes(obj)
 
         for i in range(nobj):
             is_star = obj["type"][i] == "PSF" and obj["kind"][i] == "star"

@@ -60,7 +60,7 @@ except ImportError:  # not installed: use the source tree
 from darkhaloscope.lensing import get_engine, get_renderer, psf_kernel  # noqa: E402
 from darkhaloscope.lensing import fast  # noqa: E402
 from darkhaloscope.lensing.render import inject_bands, source_band_fluxes  # noqa: E402
-from darkhaloscope.manifest import draw_injection, grid_configs  # noqa: E402
+from darkhaloscope.catalog.manifest import draw_injection, grid_configs  # noqa: E402
 
 try:
     import torch

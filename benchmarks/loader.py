@@ -12,7 +12,7 @@ set to 1 before those libraries are imported. The script
    ``region_split=train/``, gzip parquet files of 1024 rows, one
    ``np.savez_compressed`` blob (``image_g``, ``image_r``, ``image_z``) per row in
    the binary column ``stamp_npz``, plus their metadata columns;
-3. converts that into our format with ``darkhaloscope.seeds_format`` (one-time
+3. converts that into our format with ``darkhaloscope.stamps.seeds`` (one-time
    cost, reported), i.e. ``fixed_size_binary(49152)`` stamp columns, uncompressed;
 4. times, in the same process, stamps/s from disk into a READY training batch
    (a normalised float32 ``torch.Tensor`` (B, 3, 64, 64), same ``NormConfig``):
@@ -64,9 +64,9 @@ try:
 except ImportError:  # not installed: use the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from darkhaloscope.data import NormConfig, StampDataset, StampIndex, make_loader, normalize  # noqa: E402
-from darkhaloscope.seeds_format import convert_seeds_to_stamps  # noqa: E402
-from darkhaloscope.stamp_format import list_stamp_files  # noqa: E402
+from darkhaloscope.model.loader import NormConfig, StampDataset, StampIndex, make_loader, normalize  # noqa: E402
+from darkhaloscope.stamps.seeds import convert_seeds_to_stamps  # noqa: E402
+from darkhaloscope.stamps.format import list_stamp_files  # noqa: E402
 
 ROWS_PER_SEEDS_FILE = 1024
 

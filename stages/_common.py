@@ -20,8 +20,8 @@ from typing import Callable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from darkhaloscope.params import ParamsError, load_params  # noqa: E402
-from darkhaloscope.survey.sweeps import SurveyError  # noqa: E402
+from darkhaloscope.errors import ParamsError, SurveyError  # noqa: E402
+from darkhaloscope.params import load_params  # noqa: E402
 
 #: error types reported as one line when raised by this project's code
 USER_ERROR_TYPES = (ValueError, OSError, KeyError, RuntimeError, TypeError)

@@ -3,7 +3,7 @@
 import pyarrow.parquet as pq
 from _common import run
 
-from darkhaloscope.coadd_cache import cache_coadds
+from darkhaloscope.stamps.coadd_cache import cache_coadds
 from darkhaloscope.outputs import write_json
 from darkhaloscope.survey.bricks import bricks_of, read_brick_table
 from darkhaloscope.survey.known_lenses import read_known_lenses

@@ -4,13 +4,13 @@ import numpy as np
 import pyarrow.parquet as pq
 from _common import run
 
-from darkhaloscope import evaluation as E
+from darkhaloscope.evaluation import report as E
 from darkhaloscope import metrics as M
-from darkhaloscope.checkpoint import load_checkpoint
-from darkhaloscope.data import NormConfig, StampIndex
+from darkhaloscope.model.checkpoint import load_checkpoint
+from darkhaloscope.model.loader import NormConfig, StampIndex
 from darkhaloscope.outputs import atomic_dir, write_json
-from darkhaloscope.seeds_format import resolve_stamp_root
-from darkhaloscope.stamp_format import list_stamp_files
+from darkhaloscope.stamps.seeds import resolve_stamp_root
+from darkhaloscope.stamps.format import list_stamp_files
 
 
 def main(p: dict) -> None:

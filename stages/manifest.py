@@ -3,7 +3,7 @@
 import pyarrow.parquet as pq
 from _common import run
 
-from darkhaloscope.manifest import build_manifest
+from darkhaloscope.catalog.manifest import build_manifest
 from darkhaloscope.outputs import write_json, write_parquet
 
 

@@ -2,7 +2,7 @@
 
 from _common import run
 
-from darkhaloscope.mining import run_mining
+from darkhaloscope.model.mining import run_mining
 from darkhaloscope.outputs import write_json, write_parquet
 
 

@@ -3,7 +3,7 @@
 from _common import run
 
 from darkhaloscope.outputs import write_json, write_parquet
-from darkhaloscope.parent import build_parent
+from darkhaloscope.catalog.parent import build_parent
 
 
 def main(p: dict) -> None:

@@ -5,9 +5,9 @@ import os
 from _common import run
 
 from darkhaloscope.outputs import atomic_dir, write_json, write_parquet
-from darkhaloscope.score import score_files, score_known_files
-from darkhaloscope.seeds_format import resolve_stamp_root
-from darkhaloscope.stamp_format import list_stamp_files
+from darkhaloscope.model.score import score_files, score_known_files
+from darkhaloscope.stamps.seeds import resolve_stamp_root
+from darkhaloscope.stamps.format import list_stamp_files
 
 
 def main(p: dict) -> None:

@@ -6,11 +6,11 @@ import numpy as np
 import pyarrow.parquet as pq
 from _common import run
 
-from darkhaloscope.gallery import injection_gallery
+from darkhaloscope.stamps.gallery import injection_gallery
 from darkhaloscope.outputs import atomic_dir, write_json
-from darkhaloscope.selection import SPLITS
-from darkhaloscope.spark_stamps import run_stamps, summarize_stats, write_file
-from darkhaloscope.stamps import known_lens_rows, parent_rows, process_brick
+from darkhaloscope.constants import PARENT_SPLIT, SPLITS
+from darkhaloscope.stamps.spark import run_stamps, summarize_stats, write_file
+from darkhaloscope.stamps.cutout import known_lens_rows, parent_rows, process_brick
 from darkhaloscope.survey.bricks import bricks_of, read_brick_table
 from darkhaloscope.survey.known_lenses import read_known_lenses
 
@@ -25,7 +25,7 @@ def main(p: dict) -> None:
     rows += parent_rows(pq.read_table("data/parent/parent.parquet"), rows, p["seed"])
 
     with atomic_dir("data/stamps") as out:
-        stats, gallery = run_stamps(rows, "data/coadds", out, p, gallery_ids, SPLITS + ("parent",))
+        stats, gallery = run_stamps(rows, "data/coadds", out, p, gallery_ids, SPLITS + (PARENT_SPLIT,))
         # the survey's known lenses, cut (never injected) for the known-lens check in `evaluate`
         known = read_known_lenses(sv["root"], sv["known_lenses"])
         rows, n_nobrick = known_lens_rows(known, bricks_of(read_brick_table(sv["root"]), known["ra"], known["dec"]))

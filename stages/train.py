@@ -5,7 +5,7 @@ import os
 from _common import run
 
 from darkhaloscope.outputs import write_json
-from darkhaloscope.train import is_main_process, train
+from darkhaloscope.model.train import is_main_process, train
 
 
 def main(p: dict) -> None:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from darkhaloscope.data import NormConfig, StampDataset, StampIndex, _unit_hash, make_loader
-from darkhaloscope.stamp_format import write_stamp_file
+from darkhaloscope.model.loader import NormConfig, StampDataset, StampIndex, _unit_hash, make_loader
+from darkhaloscope.stamps.format import write_stamp_file
 
 
 def _write(path, n, with_ctrl, seed=0):

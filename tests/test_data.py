@@ -1,4 +1,4 @@
-"""Tests of the training loader (darkhaloscope.data)."""
+"""Tests of the training loader (darkhaloscope.model.loader)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from darkhaloscope.data import (
+from darkhaloscope.model.loader import (
     DROP_REASONS,
     NormConfig,
     StampDataset,
@@ -16,7 +16,7 @@ from darkhaloscope.data import (
     normalize,
     robust_stats,
 )
-from darkhaloscope.stamp_format import list_stamp_files, write_stamp_file
+from darkhaloscope.stamps.format import list_stamp_files, write_stamp_file
 
 THETA_MIN = 1.0
 SNR_MIN = 5.0
@@ -503,7 +503,7 @@ def test_legacy_list_layout_loads_identically(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from darkhaloscope.stamp_format import legacy_stamp_arrow_type
+    from darkhaloscope.stamps.format import legacy_stamp_arrow_type
 
     rng = np.random.default_rng(8)
     n = 30

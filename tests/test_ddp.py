@@ -3,7 +3,7 @@
 A tiny learnable stamp set (positives carry a ring, controls are noise) whose training split has
 an odd number of row groups, so the two ranks get different numbers of batches every epoch (the
 uneven-input path of ``DistributedDataParallel.join``). A driver script (written to tmp_path)
-runs ``darkhaloscope.train.train`` under ``torchrun --standalone --nproc_per_node 2`` and records,
+runs ``darkhaloscope.model.train.train`` under ``torchrun --standalone --nproc_per_node 2`` and records,
 per rank, the sample ids each epoch trained on, the final model and optimizer states.
 
 Checked: exit status 0; best.pt / last.pt written (by rank 0); every kept training sample seen
@@ -22,9 +22,9 @@ import pytest
 import torch
 
 import _tinyrepo as T
-from darkhaloscope.checkpoint import load_checkpoint
+from darkhaloscope.model.checkpoint import load_checkpoint
 from darkhaloscope.params import load_params, validate
-from darkhaloscope.stamp_format import write_stamp_file
+from darkhaloscope.stamps.format import write_stamp_file
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ DRIVER = textwrap.dedent('''
     import numpy as np
     import torch
     import yaml
-    import darkhaloscope.train as T
+    import darkhaloscope.model.train as T
 
     params_path, root, out = sys.argv[1:4]
     with open(params_path) as f:

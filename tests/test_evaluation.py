@@ -1,5 +1,5 @@
-"""Tests of darkhaloscope.evaluation (shortcut audit, known-lens recall, stratified completeness)
-and darkhaloscope.saliency.grad_cam, on hand-made inputs with known answers."""
+"""Tests of darkhaloscope.evaluation.report (shortcut audit, known-lens recall, stratified completeness)
+and darkhaloscope.evaluation.saliency.grad_cam, on hand-made inputs with known answers."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from darkhaloscope import evaluation as E
-from darkhaloscope.data import NormConfig
-from darkhaloscope.saliency import grad_cam
+from darkhaloscope.evaluation import report as E
+from darkhaloscope.model.loader import NormConfig
+from darkhaloscope.evaluation.saliency import grad_cam
 
 # ----------------------------------------------------------------------------- shortcut audit
 
@@ -191,7 +191,7 @@ def test_grad_cam_is_zero_without_positive_evidence_and_needs_a_conv():
 
 
 def test_grad_cam_on_a_real_small_cnn():
-    from darkhaloscope.models import build_model
+    from darkhaloscope.model.nets import build_model
 
     torch.manual_seed(0)
     model = build_model("small_cnn", 3, 0.0, 0, 8)

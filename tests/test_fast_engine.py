@@ -330,7 +330,7 @@ def test_argument_errors():
 
 
 def test_process_brick_with_fast_engine(tmp_path, inj):
-    from darkhaloscope.stamps import process_brick
+    from darkhaloscope.stamps.cutout import process_brick
     from darkhaloscope.survey.bricks import brick_wcs, coadd_relpath
 
     brick, ra_c, dec_c, n = "1500p005", 150.0, 0.5, 200

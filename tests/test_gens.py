@@ -279,11 +279,11 @@ def test_metadata_model_scores_rows_without_metadata_with_training_means(tmp_pat
     import numpy as np
     import torch
 
-    from darkhaloscope.checkpoint import save_checkpoint
-    from darkhaloscope.data import NormConfig
-    from darkhaloscope.models import MetaScaler, build_model
-    from darkhaloscope.score import score_files, score_known_files
-    from darkhaloscope.stamp_format import write_stamp_file
+    from darkhaloscope.model.checkpoint import save_checkpoint
+    from darkhaloscope.model.loader import NormConfig
+    from darkhaloscope.model.nets import MetaScaler, build_model
+    from darkhaloscope.model.score import score_files, score_known_files
+    from darkhaloscope.stamps.format import write_stamp_file
 
     cols = ["psfsize_r", "psfdepth_r"]
     torch.manual_seed(0)
@@ -317,7 +317,7 @@ def test_metadata_model_scores_rows_without_metadata_with_training_means(tmp_pat
 def _only_nan(tmp_path, stamps):
     import numpy as np
 
-    from darkhaloscope.stamp_format import write_stamp_file
+    from darkhaloscope.stamps.format import write_stamp_file
 
     f = tmp_path / "nan" / "part-00000.parquet"
     write_stamp_file(f, {"sample_id": np.arange(3, dtype=np.int64), "is_control": np.zeros(3, np.int8),

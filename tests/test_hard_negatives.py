@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from darkhaloscope.data import NormConfig, StampDataset, StampIndex, make_loader
-from darkhaloscope.stamp_format import write_stamp_file
-from darkhaloscope.train import Setup, add_hard_negatives
+from darkhaloscope.model.loader import NormConfig, StampDataset, StampIndex, make_loader
+from darkhaloscope.stamps.format import write_stamp_file
+from darkhaloscope.model.train import Setup, add_hard_negatives
 
 
 def _write(path, ids, is_control, bricks, seed):

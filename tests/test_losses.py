@@ -1,4 +1,4 @@
-"""Tests of darkhaloscope.losses: focal loss, BCE, label smoothing, pos_weight."""
+"""Tests of darkhaloscope.model.losses: focal loss, BCE, label smoothing, pos_weight."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from darkhaloscope.losses import LOSSES, FocalLoss, build_loss, smooth_targets
+from darkhaloscope.model.losses import LOSSES, FocalLoss, build_loss, smooth_targets
 
 
 def _sigmoid(x: float) -> float:

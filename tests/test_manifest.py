@@ -1,4 +1,4 @@
-"""Tests of the Phase 4a injection manifest (darkhaloscope.manifest) on synthetic parent tables."""
+"""Tests of the Phase 4a injection manifest (darkhaloscope.catalog.manifest) on synthetic parent tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from darkhaloscope.manifest import INJECTION_COLUMNS, build_manifest, draw_injection, grid_configs
+from darkhaloscope.catalog.manifest import INJECTION_COLUMNS, build_manifest, draw_injection, grid_configs
 from darkhaloscope.params import validate
 
 GRID_SMALL = {"theta_e_arcsec": {0.3, 0.6, 1.0}, "src_dmag": {1.0, 2.0}, "src_reff_arcsec": {0.08, 0.15},

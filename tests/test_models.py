@@ -1,4 +1,4 @@
-"""Tests of darkhaloscope.models: architectures, head, metadata guard and scaler."""
+"""Tests of darkhaloscope.model.nets: architectures, head, metadata guard and scaler."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.convnext import LayerNorm2d
 
-from darkhaloscope.models import (
+from darkhaloscope.model.nets import (
     ALLOWED_META_COLS,
     ARCHS,
     CONVNEXT_STAGE_SIZES,

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from darkhaloscope.spark_stamps import OUTPUT_COLUMNS
-from darkhaloscope.stamp_format import stamps_from_arrow
+from darkhaloscope.stamps.spark import OUTPUT_COLUMNS
+from darkhaloscope.stamps.format import stamps_from_arrow
 
 pytestmark = pytest.mark.slow
 
@@ -201,9 +201,9 @@ SPARK_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, "src")
     import pyarrow.parquet as pq
     from darkhaloscope.params import load_params
-    from darkhaloscope.selection import SPLITS
-    from darkhaloscope.spark_stamps import run_stamps
-    from darkhaloscope.stamps import parent_rows
+    from darkhaloscope.catalog.selection import SPLITS
+    from darkhaloscope.stamps.spark import run_stamps
+    from darkhaloscope.stamps.cutout import parent_rows
     p = load_params("params.yaml")
     p["spark"]["master"], p["spark"]["partitions"] = sys.argv[2], int(sys.argv[3])
     rows = pq.read_table("data/manifest/manifest.parquet").to_pylist()

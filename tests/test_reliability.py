@@ -28,24 +28,25 @@ import yaml
 from astropy.io import fits
 
 import _tinyrepo as T
-import darkhaloscope.score as score_mod
-import darkhaloscope.train as train_mod
-from darkhaloscope import mining, seeds_format
-from darkhaloscope.checkpoint import load_checkpoint, save_checkpoint
-from darkhaloscope.coadd_cache import cache_coadds
-from darkhaloscope.data import NormConfig, StampDataset, StampIndex, make_loader
-from darkhaloscope.manifest import build_manifest
-from darkhaloscope.models import ALLOWED_META_COLS, build_model
+import darkhaloscope.model.score as score_mod
+import darkhaloscope.model.train as train_mod
+from darkhaloscope.model import mining
+from darkhaloscope.stamps import seeds as seeds_format
+from darkhaloscope.model.checkpoint import load_checkpoint, save_checkpoint
+from darkhaloscope.stamps.coadd_cache import cache_coadds
+from darkhaloscope.model.loader import NormConfig, StampDataset, StampIndex, make_loader
+from darkhaloscope.catalog.manifest import build_manifest
+from darkhaloscope.model.nets import ALLOWED_META_COLS, build_model
 from darkhaloscope.params import ParamsError, validate
-from darkhaloscope.parent import build_parent
-from darkhaloscope.score import score_files
-from darkhaloscope.spark_stamps import OUTPUT_COLUMNS, summarize_stats, write_file
-from darkhaloscope.stamp_format import list_stamp_files, write_stamp_file
-from darkhaloscope.stamps import process_brick
+from darkhaloscope.catalog.parent import build_parent
+from darkhaloscope.model.score import score_files
+from darkhaloscope.stamps.spark import OUTPUT_COLUMNS, summarize_stats, write_file
+from darkhaloscope.stamps.format import list_stamp_files, write_stamp_file
+from darkhaloscope.stamps.cutout import process_brick
 from darkhaloscope.survey import REQUIRED_COLUMNS, SurveyError, read_coadd
 from darkhaloscope.survey.bricks import brick_wcs, coadd_relpath
 from darkhaloscope.survey.mock import MockSurvey
-from darkhaloscope.train import Setup, predict, sigmoid, train
+from darkhaloscope.model.train import Setup, predict, sigmoid, train
 
 TRACEBACK = "Traceback (most recent call last)"
 
@@ -637,7 +638,7 @@ def trained(tmp_path_factory):
 
 
 def _scores_with(ckpt: str, files: list[str], norm: NormConfig) -> np.ndarray:
-    from darkhaloscope.checkpoint import model_from_checkpoint
+    from darkhaloscope.model.checkpoint import model_from_checkpoint
 
     model, _ = model_from_checkpoint(ckpt)
     ds = StampDataset(StampIndex.build(files), 64, norm, 3, shuffle=False, augment=False, rank=0, world_size=1)

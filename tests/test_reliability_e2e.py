@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import _tinyrepo as T
-from darkhaloscope.checkpoint import load_checkpoint
+from darkhaloscope.model.checkpoint import load_checkpoint
 from darkhaloscope.survey.bricks import coadd_relpath
 
 pytestmark = pytest.mark.slow
@@ -179,7 +179,7 @@ import hashlib, sys
 sys.path.insert(0, "src")
 import pyarrow.parquet as pq
 from darkhaloscope.params import load_params
-from darkhaloscope.stamps import process_brick
+from darkhaloscope.stamps.cutout import process_brick
 p = load_params("params.yaml")
 inj = dict(p["inject"], engine="fast")
 rows = pq.read_table("data/manifest/manifest.parquet").to_pylist()

@@ -1,4 +1,4 @@
-"""Tests of the seeds' Phase 4c format reader and converter (darkhaloscope.seeds_format).
+"""Tests of the seeds' Phase 4c format reader and converter (darkhaloscope.stamps.seeds).
 
 The fixture writes a small dataset in exactly the seeds' layout: Hive directories
 ``region_split=train|val|test/`` of gzip parquet files with Spark-like names and
@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from darkhaloscope import seeds_format as S
-from darkhaloscope.data import NormConfig, StampDataset, StampIndex, make_loader, normalize
-from darkhaloscope.stamp_format import list_stamp_files, stamps_and_valid, write_stamp_file
+from darkhaloscope.stamps import seeds as S
+from darkhaloscope.model.loader import NormConfig, StampDataset, StampIndex, make_loader, normalize
+from darkhaloscope.stamps.format import list_stamp_files, stamps_and_valid, write_stamp_file
 
 N_ROWS = {"train": (14, 11), "val": (9,), "test": (8,)}  # rows per file
 
@@ -428,10 +428,10 @@ def test_training_and_scoring_accept_the_seeds_layout(seeds, tmp_path, monkeypat
     """train.train converts a seeds root once (into seeds_cache) and trains on it; scoring reads the result."""
     import copy
 
-    import darkhaloscope.score as score_mod
-    import darkhaloscope.train as train_mod
+    import darkhaloscope.model.score as score_mod
+    import darkhaloscope.model.train as train_mod
     from darkhaloscope.params import load_params, validate
-    from darkhaloscope.score import score_files
+    from darkhaloscope.model.score import score_files
 
     cpu = lambda: (torch.device("cpu"), None)  # noqa: E731
     monkeypatch.setattr(train_mod, "device_and_amp", cpu)

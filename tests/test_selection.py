@@ -1,4 +1,4 @@
-"""Tests of the Phase 3 LRG selection (darkhaloscope.selection) on hand-computed rows.
+"""Tests of the Phase 3 LRG selection (darkhaloscope.catalog.selection) on hand-computed rows.
 
 Fluxes are built from chosen AB magnitudes with f = 10**((22.5 - m) / 2.5)
 nanomaggies (the inverse of m = 22.5 - 2.5 log10 f), stored as float32 like the
@@ -12,17 +12,29 @@ import pytest
 from astropy.table import Table
 
 from darkhaloscope.hashing import hash_int63
-from darkhaloscope.selection import (
+from darkhaloscope.catalog.selection import (
     DESI_LRG,
-    VARIANTS,
     cumulative_counts,
-    cut_steps,
-    flux_to_mag,
     healpix_index,
-    lrg_mask,
     region_split,
     row_ids,
 )
+from darkhaloscope.catalog import selection
+from darkhaloscope.constants import nmgy_to_mag as flux_to_mag
+
+import yaml
+from pathlib import Path
+
+# the cut table has one home, params.yaml's selection.variants
+VARIANTS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["selection"]["variants"]
+
+
+def cut_steps(catalog, variant="v3_color_relaxed", deredden=False, variants=None):
+    return selection.cut_steps(catalog, variant, deredden, VARIANTS if variants is None else variants)
+
+
+def lrg_mask(catalog, variant="v3_color_relaxed", deredden=False, variants=None):
+    return selection.lrg_mask(catalog, variant, deredden, VARIANTS if variants is None else variants)
 
 EXPECTED_VARIANTS = {  # (z_max, rz_min, zw1_min), from the seeds / params.yaml
     "v1": (20.0, 0.5, 1.6),
@@ -77,6 +89,11 @@ def test_variant_table_matches_seeds_and_params(shipped_params_raw):
     for name, (zmax, rz, zw1) in EXPECTED_VARIANTS.items():
         assert VARIANTS[name] == {"z_max": zmax, "rz_min": rz, "zw1_min": zw1}
         assert shipped_params_raw["selection"]["variants"][name] == VARIANTS[name]
+
+
+def test_cut_table_is_required():
+    with pytest.raises(ValueError, match="selection.variants"):
+        selection.cut_steps(Table({"TYPE": ["DEV"]}), "v3_color_relaxed")
 
 
 def test_each_v3_cut_on_hand_rows():

@@ -1,4 +1,4 @@
-"""Tests of the stamp storage contract (darkhaloscope.stamp_format)."""
+"""Tests of the stamp storage contract (darkhaloscope.stamps.format)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from darkhaloscope import stamp_format as sf
-from darkhaloscope.stamp_format import (
+from darkhaloscope.stamps import format as sf
+from darkhaloscope.stamps.format import (
     STAMP_BANDS,
     STAMP_SIZE,
     legacy_stamp_arrow_type,
@@ -296,7 +296,7 @@ def _is_mapped(a: np.ndarray) -> bool:
 
 def test_stamp_file_zero_copy_and_fallbacks(tmp_path):
     """StampFile maps the stamps of our files without decoding and reads any other layout through Arrow."""
-    from darkhaloscope.stamp_format import StampFile
+    from darkhaloscope.stamps.format import StampFile
 
     cols, stamps, ctrl = _inputs(7)
     valid = np.array([True, True, False, True, True, False, True])

@@ -1,4 +1,4 @@
-"""Tests of Phase 4c per-brick cutouts and injection (darkhaloscope.stamps.process_brick).
+"""Tests of Phase 4c per-brick cutouts and injection (darkhaloscope.stamps.cutout.process_brick).
 
 A brick is built by hand: a TAN WCS from ``brick_wcs``, a pixel-integrated compact
 Gaussian "point source" at a chosen sky position that is NOT on a pixel centre,
@@ -14,7 +14,7 @@ from scipy import integrate
 from scipy.special import erf
 
 from darkhaloscope.lensing.render import mag_to_nmgy
-from darkhaloscope.stamps import cutout_origin, known_lens_rows, process_brick, psf_fwhm_used
+from darkhaloscope.stamps.cutout import cutout_origin, known_lens_rows, process_brick, psf_fwhm_used
 from darkhaloscope.survey.bricks import brick_wcs, coadd_relpath
 
 BRICK, RA_C, DEC_C, N = "1500p005", 150.0, 0.5, 200

@@ -1,4 +1,4 @@
-"""Tests of the Phase 5 training loop (darkhaloscope.train), its checkpoints and scoring.
+"""Tests of the Phase 5 training loop (darkhaloscope.model.train), its checkpoints and scoring.
 
 Everything runs on CPU (float32, deterministic) on a tiny, learnable stamp set written
 under tmp_path: positives carry a bright ring (an "Einstein ring") inside the
@@ -18,17 +18,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import darkhaloscope.score as score_mod
-import darkhaloscope.train as train_mod
-from darkhaloscope.checkpoint import load_checkpoint, model_from_checkpoint
-from darkhaloscope.data import NormConfig, normalize
-from darkhaloscope.losses import LOSSES, build_loss
-from darkhaloscope.models import ARCHS, build_model
+import darkhaloscope.model.score as score_mod
+import darkhaloscope.model.train as train_mod
+from darkhaloscope.model.checkpoint import load_checkpoint, model_from_checkpoint
+from darkhaloscope.model.loader import NormConfig, normalize
+from darkhaloscope.model.losses import LOSSES, build_loss
+from darkhaloscope.model.nets import ARCHS, build_model
 from darkhaloscope.outputs import write_json
 from darkhaloscope.params import ParamsError, load_params, validate
-from darkhaloscope.score import STRATA, score_files
-from darkhaloscope.stamp_format import list_stamp_files, stamps_from_arrow, write_stamp_file
-from darkhaloscope.train import COLLAPSE_FRAC, Setup, evaluate_scores, fit_stage, train
+from darkhaloscope.model.score import STRATA, score_files
+from darkhaloscope.stamps.format import list_stamp_files, stamps_from_arrow, write_stamp_file
+from darkhaloscope.model.train import COLLAPSE_FRAC, Setup, evaluate_scores, fit_stage, train
 
 PARAMS_YAML = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "params.yaml")
 N_TRAIN, N_VAL = 96, 64
@@ -351,7 +351,7 @@ def test_curriculum_stage2_starts_from_stage1_best(stamps_root, base_params, tmp
     monkeypatch.setattr(train_mod, "build_model", build)
     monkeypatch.setattr(train_mod, "_scheduler", sched)
     out = tmp_path / "model"
-    with caplog.at_level(logging.INFO, logger="darkhaloscope.train"):
+    with caplog.at_level(logging.INFO, logger="darkhaloscope.model.train"):
         res = train(p, stamps_root, str(out), progress=False)
     assert [s["stage"] for s in res["stages"]] == ["warm", "hard"]
     assert len(initial) == 2
@@ -460,7 +460,7 @@ def test_collapse_warning_is_logged_during_training(stamps_root, base_params, tm
         return real(labels, s, np.where(labels == 1, 40.0, -40.0).astype(np.float32), loss_fn)
 
     monkeypatch.setattr(train_mod, "evaluate_scores", saturated)
-    with caplog.at_level(logging.WARNING, logger="darkhaloscope.train"):
+    with caplog.at_level(logging.WARNING, logger="darkhaloscope.model.train"):
         res = fit_stage(setup, setup.curriculum[0], stamps_root, str(tmp_path / "r"), None, progress=False)
     assert res["history"][0]["calibration_collapse_warning"] is True
     assert "calibration collapse" in caplog.text

@@ -17,7 +17,7 @@ import sys
 
 from ruamel.yaml import YAML
 
-from .params import ParamsError, validate
+from darkhaloscope.params import ParamsError, validate
 
 SCALES = ("cpu", "full")
 

@@ -82,8 +82,8 @@ __all__ = [
     "DEFAULT_TPR_TARGETS",
 ]
 
-DEFAULT_FPR_TARGETS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
-DEFAULT_TPR_TARGETS: tuple[float, ...] = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
+from darkhaloscope.constants import FPR_TARGETS as DEFAULT_FPR_TARGETS  # noqa: E402
+from darkhaloscope.constants import TPR_TARGETS as DEFAULT_TPR_TARGETS  # noqa: E402
 
 _Z95 = 1.959963984540054  # two-sided 95% standard-normal quantile
 

@@ -1,10 +1,17 @@
-"""Atomic, deterministic writers for stage outputs (JSON metrics, parquet tables)."""
+"""Atomic, deterministic writers for stage outputs (JSON metrics, parquet tables, directories).
+
+One home for the write-to-a-temporary-then-rename rule: :func:`atomic_file` for a file,
+:class:`atomic_dir` for a directory. A crash or an exception never leaves a file or
+directory at the final path that looks complete.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,22 +28,36 @@ def _finite(obj):
     return obj
 
 
-def write_json(obj, path: str) -> None:
-    """Write JSON (sorted keys, finite numbers only) to a temp file, then rename into place."""
+@contextlib.contextmanager
+def atomic_file(path: str, suffix: str = ".tmp"):
+    """``with atomic_file(path) as tmp:`` write ``tmp``; on success it is renamed to ``path``.
+
+    The parent directory is created. On an exception ``tmp`` is removed and ``path`` is left
+    as it was. ``suffix`` names the temporary (``path + suffix``, same directory, so the
+    rename is atomic).
+    """
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    tmp = path + suffix
+    try:
+        yield tmp
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, path)
+
+
+def write_json(obj, path: str) -> None:
+    """Write JSON (sorted keys, finite numbers only) atomically."""
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
         json.dump(_finite(obj), f, indent=2, sort_keys=True, allow_nan=False)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def write_parquet(table: pa.Table, path: str) -> None:
     """Write a parquet table atomically; same table -> same bytes."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    pq.write_table(table, tmp, compression="zstd", row_group_size=65536)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=65536)
 
 
 class atomic_dir:
@@ -51,16 +72,12 @@ class atomic_dir:
         self.tmp = self.final + ".tmp"
 
     def __enter__(self) -> str:
-        import shutil
-
         if os.path.exists(self.tmp):
             shutil.rmtree(self.tmp)
         os.makedirs(self.tmp)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        import shutil
-
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False

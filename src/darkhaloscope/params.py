@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
+from darkhaloscope.errors import ParamsError  # noqa: F401  (raised here; imported from here by callers)
 
-class ParamsError(ValueError):
-    """A params.yaml problem; the message names the file, the key and what was expected."""
+
 
 
 # ---- schema vocabulary ------------------------------------------------------
@@ -38,7 +38,7 @@ class MapOf:
 
 
 NUM = (int, float)
-SPLITS = {"train": NUM, "val": NUM, "test": NUM}
+PER_SPLIT = {"train": NUM, "val": NUM, "test": NUM}
 GRID_KEYS = ("theta_e_arcsec", "src_dmag", "src_reff_arcsec", "src_e", "shear")
 
 SCHEMA: dict[str, Any] = {
@@ -74,14 +74,14 @@ SCHEMA: dict[str, Any] = {
         "variant": str,
         "deredden": bool,
         "variants": MapOf({"z_max": NUM, "rz_min": NUM, "zw1_min": NUM}),
-        "split": {"nside": int, "seed": int, "fractions": SPLITS},
+        "split": {"nside": int, "seed": int, "fractions": PER_SPLIT},
     },
     "manifest": {
         "grid": str,
         "control_type": Enum("unpaired", "paired"),
         "control_frac": NUM,
         "replicates": int,
-        "n_total_per_split": SPLITS,
+        "n_total_per_split": PER_SPLIT,
         "lens_q": ListOf(NUM, 2),
         "src_offset_frac": NUM,
         "src_gr": ListOf(NUM, 2),

@@ -9,7 +9,8 @@ Engines (``params.yaml`` ``inject.engine``, see :func:`get_engine`):
 imported on first use so that numba is loaded only when needed).
 """
 
-from .psf import (
+from darkhaloscope.constants import PIXEL_SCALE
+from darkhaloscope.lensing.psf import (
     PSF_MODELS,
     fwhm_to_sigma,
     gaussian_kernel,
@@ -19,7 +20,7 @@ from .psf import (
     noise_equivalent_area,
     psf_kernel,
 )
-from .render import (
+from darkhaloscope.lensing.render import (
     BANDS,
     ArcRenderer,
     arc_snr_integrated,
@@ -38,7 +39,7 @@ from .render import (
 ENGINES = ("lenstronomy", "fast")
 
 
-def get_engine(engine: str = "lenstronomy", n_pix: int = 64, pixel_scale: float = 0.262, supersample: int = 4,
+def get_engine(engine: str = "lenstronomy", n_pix: int = 64, pixel_scale: float = PIXEL_SCALE, supersample: int = 4,
                adaptive: bool = True):
     """The cached arc renderer of an engine: ``lensed_unit_image(...)`` as :class:`ArcRenderer`.
 
@@ -49,7 +50,7 @@ def get_engine(engine: str = "lenstronomy", n_pix: int = 64, pixel_scale: float 
     if engine == "lenstronomy":
         return get_renderer(int(n_pix), float(pixel_scale), int(supersample), bool(adaptive))
     if engine == "fast":
-        from .fast import get_fast_renderer
+        from darkhaloscope.lensing.fast import get_fast_renderer
 
         return get_fast_renderer(int(n_pix), float(pixel_scale), int(supersample), bool(adaptive))
     raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")

@@ -78,7 +78,8 @@ from numba import njit, types
 from numba.extending import overload
 from scipy.special import gammaincinv
 
-from .render import REFINE_FRAC, REFINE_SAMPLES_PER_SCALE, _finite, _pos_int, _positive
+from darkhaloscope.constants import BANDS, PIXEL_SCALE
+from darkhaloscope.lensing.render import REFINE_FRAC, REFINE_SAMPLES_PER_SCALE, _finite, _pos_int, _positive
 
 __all__ = [
     "PARAM_KEYS",
@@ -878,7 +879,7 @@ def _pack_raw(raw: np.ndarray, pixel_scale: float, supersample: int, max_supersa
     return P
 
 
-def pack_params(params: Mapping, centers=None, pixel_scale: float = 0.262, supersample: int = 4,
+def pack_params(params: Mapping, centers=None, pixel_scale: float = PIXEL_SCALE, supersample: int = 4,
                 max_supersample: int = 32, dtype=np.float64) -> np.ndarray:
     """(B, 39) float64 per-stamp constants of the kernels, in lenstronomy's conventions.
 
@@ -905,7 +906,7 @@ def render_unit_images(
     params: Mapping,
     centers=None,
     n_pix: int = 64,
-    pixel_scale: float = 0.262,
+    pixel_scale: float = PIXEL_SCALE,
     supersample: int = 4,
     *,
     adaptive: bool = True,
@@ -1004,7 +1005,7 @@ class FastRenderer:
     same result (see the module docstring). Instances hold no per-stamp state.
     """
 
-    def __init__(self, n_pix: int = 64, pixel_scale: float = 0.262, supersample: int = 4,
+    def __init__(self, n_pix: int = 64, pixel_scale: float = PIXEL_SCALE, supersample: int = 4,
                  adaptive: bool = True, max_supersample: int = 32, dtype=np.float32):
         self.n_pix = _pos_int("n_pix", n_pix)
         self.pixel_scale = _positive("pixel_scale", pixel_scale)
@@ -1051,7 +1052,7 @@ class FastRenderer:
 
 
 @functools.lru_cache(maxsize=16)
-def get_fast_renderer(n_pix: int = 64, pixel_scale: float = 0.262, supersample: int = 4,
+def get_fast_renderer(n_pix: int = 64, pixel_scale: float = PIXEL_SCALE, supersample: int = 4,
                       adaptive: bool = True) -> FastRenderer:
     """A cached :class:`FastRenderer` for ``(n_pix, pixel_scale [arcsec], supersample, adaptive)``."""
     return FastRenderer(n_pix=n_pix, pixel_scale=pixel_scale, supersample=supersample, adaptive=adaptive)
@@ -1372,7 +1373,7 @@ def inject_bands_batch(unit_images: np.ndarray, band_fluxes, kernels=None, kerne
     return _convolve(unit, ker, idx, f, dtype, out)
 
 
-def inject_bands(unit_image: np.ndarray, band_fluxes, kernels=None, bands=("g", "r", "z"),
+def inject_bands(unit_image: np.ndarray, band_fluxes, kernels=None, bands=BANDS,
                  dtype=np.float32) -> np.ndarray:
     """Drop-in :func:`~darkhaloscope.lensing.render.inject_bands`: one image FFT for all bands.
 
@@ -1380,7 +1381,7 @@ def inject_bands(unit_image: np.ndarray, band_fluxes, kernels=None, bands=("g", 
     pixel); ``dtype`` is the FFT precision as in :func:`inject_bands_batch`
     (float64: equal to ``render.inject_bands`` to its float32 rounding).
     """
-    from .render import _per_band
+    from darkhaloscope.lensing.render import _per_band
 
     unit = np.asarray(unit_image, dtype=np.float64)
     if unit.ndim != 2 or unit.shape[0] != unit.shape[1]:

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from darkhaloscope.constants import PIXEL_SCALE
+
 __all__ = [
     "PSF_MODELS",
     "fwhm_to_sigma",
@@ -101,7 +103,7 @@ def _finish(profile: np.ndarray) -> np.ndarray:
 
 def gaussian_kernel(
     fwhm_arcsec: float,
-    pixel_scale: float = 0.262,
+    pixel_scale: float = PIXEL_SCALE,
     size: int = 33,
     oversample: int = 5,
 ) -> np.ndarray:
@@ -131,7 +133,7 @@ def gaussian_kernel(
 def moffat_kernel(
     fwhm_arcsec: float,
     beta: float = 3.5,
-    pixel_scale: float = 0.262,
+    pixel_scale: float = PIXEL_SCALE,
     size: int = 33,
     oversample: int = 5,
 ) -> np.ndarray:
@@ -169,7 +171,7 @@ def psf_kernel(
     model: str,
     fwhm_arcsec: float,
     beta: float = 3.5,
-    pixel_scale: float = 0.262,
+    pixel_scale: float = PIXEL_SCALE,
     size: int = 33,
     oversample: int = 5,
 ) -> np.ndarray:
@@ -202,7 +204,7 @@ def _half_width(profile: np.ndarray, peak_index: int, half: float) -> float:
     return width
 
 
-def measured_fwhm(kernel: np.ndarray, pixel_scale: float = 0.262) -> float:
+def measured_fwhm(kernel: np.ndarray, pixel_scale: float = PIXEL_SCALE) -> float:
     """Measured full width at half maximum of a centred, single-peaked kernel (arcsec).
 
     The width is measured along the row and the column through the brightest

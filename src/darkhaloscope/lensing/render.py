@@ -61,6 +61,8 @@ from scipy.ndimage import binary_dilation
 from scipy.signal import fftconvolve
 from scipy.special import gammaincinv
 
+from darkhaloscope.constants import BANDS, PIXEL_SCALE, mag_to_nmgy, nmgy_to_mag
+
 __all__ = [
     "BANDS",
     "ArcRenderer",
@@ -76,11 +78,6 @@ __all__ = [
     "arc_snr_integrated",
 ]
 
-#: Band order of every per-band array in this module.
-BANDS = ("g", "r", "z")
-
-#: AB zero point of nanomaggies (mag).
-NMGY_ZP = 22.5
 
 #: Adaptive refinement: pixels at or above this fraction of the brightest
 #: coarse pixel (and their neighbours) are re-rendered on a finer sub-grid.
@@ -148,7 +145,7 @@ class ArcRenderer:
     def __init__(
         self,
         n_pix: int = 64,
-        pixel_scale: float = 0.262,
+        pixel_scale: float = PIXEL_SCALE,
         supersample: int = 4,
         adaptive: bool = True,
         max_supersample: int = 32,
@@ -349,7 +346,7 @@ class ArcRenderer:
 
 @functools.lru_cache(maxsize=16)
 def get_renderer(
-    n_pix: int = 64, pixel_scale: float = 0.262, supersample: int = 4, adaptive: bool = True
+    n_pix: int = 64, pixel_scale: float = PIXEL_SCALE, supersample: int = 4, adaptive: bool = True
 ) -> ArcRenderer:
     """A cached :class:`ArcRenderer` for ``(n_pix, pixel_scale [arcsec], supersample, adaptive)``."""
     return ArcRenderer(n_pix=n_pix, pixel_scale=pixel_scale, supersample=supersample, adaptive=adaptive)
@@ -369,7 +366,7 @@ def render_arc(
     src_flux,
     *,
     n_pix: int = 64,
-    pixel_scale: float = 0.262,
+    pixel_scale: float = PIXEL_SCALE,
     center=(32.0, 32.0),
     supersample: int = 4,
     n_sersic: float = 1.0,
@@ -494,7 +491,7 @@ def render_stamp(
     kernels=None,
     *,
     n_pix: int = 64,
-    pixel_scale: float = 0.262,
+    pixel_scale: float = PIXEL_SCALE,
     center=(32.0, 32.0),
     supersample: int = 4,
     n_sersic: float = 1.0,
@@ -543,17 +540,6 @@ def render_stamp(
 # --------------------------------------------------------------------------
 # photometry helpers
 # --------------------------------------------------------------------------
-def mag_to_nmgy(m):
-    """AB magnitude -> flux in nanomaggies: ``10 ** ((22.5 - m) / 2.5)``."""
-    return 10.0 ** ((NMGY_ZP - np.asarray(m, dtype=np.float64)) / 2.5)
-
-
-def nmgy_to_mag(f):
-    """Flux in nanomaggies -> AB magnitude ``22.5 - 2.5 log10(f)``; NaN where ``f <= 0``."""
-    arr = np.asarray(f, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(arr > 0, NMGY_ZP - 2.5 * np.log10(np.where(arr > 0, arr, 1.0)), np.nan)
-    return out if np.ndim(f) else float(out)
 
 
 def source_band_fluxes(src_mag_r, g_minus_r, r_minus_z):

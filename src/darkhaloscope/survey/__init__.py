@@ -3,6 +3,7 @@ embedded mock survey writer. Readers take a root that is a local directory or an
 ``s3://bucket/prefix``; the mock survey is written in the same layout so the
 same readers serve both."""
 
-from .bricks import brick_name, brick_wcs, coadd_relpath  # noqa: F401
-from .sweeps import REQUIRED_COLUMNS, SurveyError, read_sweep, read_sweeps  # noqa: F401
-from .coadds import find_coadd, read_coadd  # noqa: F401
+from darkhaloscope.survey.bricks import brick_name, brick_wcs, coadd_relpath  # noqa: F401
+from darkhaloscope.errors import SurveyError  # noqa: F401
+from darkhaloscope.survey.sweeps import REQUIRED_COLUMNS, read_sweep, read_sweeps  # noqa: F401
+from darkhaloscope.survey.coadds import find_coadd, read_coadd  # noqa: F401

@@ -6,7 +6,7 @@ import math
 
 from astropy.wcs import WCS
 
-PIXEL_SCALE = 0.262  # arcsec per pixel, DR10 coadds
+from darkhaloscope.constants import PIXEL_SCALE
 
 
 def brick_name(ra_deg: float, dec_deg: float) -> str:
@@ -54,8 +54,8 @@ def read_brick_table(root: str) -> dict:
     import numpy as np
     from astropy.io import fits
 
-    from . import fs
-    from .sweeps import SurveyError
+    from darkhaloscope.survey import fs
+    from darkhaloscope.errors import SurveyError
 
     for name in BRICK_TABLES:
         path = fs.join(root, name)

@@ -9,9 +9,9 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from . import fs
-from .bricks import coadd_relpath
-from .sweeps import SurveyError
+from darkhaloscope.survey import fs
+from darkhaloscope.survey.bricks import coadd_relpath
+from darkhaloscope.errors import SurveyError
 
 EXTENSIONS = (".fits.fz", ".fits")
 

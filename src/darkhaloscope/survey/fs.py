@@ -1,7 +1,7 @@
 """Local-or-S3 file access through fsspec (s3fs is installed with dvc-s3).
 
 For ``s3://`` paths the three problems a user can fix are reported as a
-:class:`~darkhaloscope.survey.sweeps.SurveyError` naming the path, the endpoint and
+:class:`~darkhaloscope.errors.SurveyError` naming the path, the endpoint and
 the fix: the endpoint cannot be reached, the bucket does not exist, access is denied.
 A missing *file* in an existing bucket stays a ``FileNotFoundError`` (the readers
 turn it into their own message).
@@ -16,6 +16,8 @@ import posixpath
 from urllib.parse import urlsplit
 
 import fsspec
+
+from darkhaloscope.errors import SurveyError
 
 
 def is_remote(path: str) -> bool:
@@ -45,8 +47,6 @@ def _unreachable(exc: BaseException) -> bool:
 
 def _survey_error(path: str, exc: BaseException):
     """The SurveyError for an S3 access failure of ``path``, or None when it is not one of ours."""
-    from .sweeps import SurveyError
-
     bucket = urlsplit(str(path)).netloc
     where = f"{path}: "
     if _unreachable(exc):

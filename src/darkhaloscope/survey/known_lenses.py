@@ -7,8 +7,8 @@ import io
 import numpy as np
 from astropy.io import fits
 
-from . import fs
-from .sweeps import SurveyError
+from darkhaloscope.survey import fs
+from darkhaloscope.errors import SurveyError
 
 
 def read_known_lenses(root: str, spec: str) -> dict[str, np.ndarray]:

@@ -27,11 +27,11 @@ from astropy.io import fits
 from scipy.signal import fftconvolve
 from scipy.special import gammaincinv
 
-from ..lensing.psf import moffat_kernel, noise_equivalent_area
-from ..lensing.render import mag_to_nmgy, render_arc
-from .bricks import PIXEL_SCALE, brick_name, brick_wcs, coadd_relpath, sweep_name
+from darkhaloscope.lensing.psf import moffat_kernel, noise_equivalent_area
+from darkhaloscope.constants import BANDS, PIXEL_SCALE, mag_to_nmgy
+from darkhaloscope.lensing.render import render_arc
+from darkhaloscope.survey.bricks import brick_name, brick_wcs, coadd_relpath, sweep_name
 
-BANDS = ("g", "r", "z")
 # DR10 extinction coefficients A_band / E(B-V) (Schlafly & Finkbeiner 2011, as in the sweeps)
 EXTINCTION_R = {"g": 3.214, "r": 2.165, "z": 1.211, "W1": 0.184}
 # DR10 MASKBITS used here: ALLMASK_G/R/Z (bits 5, 6, 7)

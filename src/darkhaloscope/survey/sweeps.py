@@ -7,11 +7,8 @@ import io
 import numpy as np
 from astropy.io import fits
 
-from . import fs
-
-
-class SurveyError(ValueError):
-    """Bad or missing survey input; the message names the file and what was expected."""
+from darkhaloscope.survey import fs
+from darkhaloscope.errors import SurveyError
 
 
 # Columns the pipeline reads from a sweep (DR10 names, upper case as in the FITS files).

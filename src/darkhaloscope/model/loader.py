@@ -1,4 +1,4 @@
-"""Training / evaluation loader of the stamp parquet files (see :mod:`darkhaloscope.stamp_format`).
+"""Training / evaluation loader of the stamp parquet files (see :mod:`darkhaloscope.stamps.format`).
 
 Pieces:
 
@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from darkhaloscope.hashing import hash_u64
-from darkhaloscope.stamp_format import (
+from darkhaloscope.stamps.format import (
     CTRL_STAMP_COLUMN,
     STAMP_BANDS,
     STAMP_COLUMN,
@@ -614,7 +614,7 @@ class StampDataset(IterableDataset):
 
     Work unit: a chunk = (file, row group) restricted to the index's kept rows,
     read once (its stamps zero-copy from the mapped file, see
-    :class:`darkhaloscope.stamp_format.StampFile`). Per epoch the chunk list is
+    :class:`darkhaloscope.stamps.format.StampFile`). Per epoch the chunk list is
     permuted (``shuffle``) by a Generator seeded with (seed, epoch) - identical on
     every rank - and dealt round-robin to ``world_size * num_workers`` shards
     (shard = rank * num_workers + worker_id), so every kept sample is yielded

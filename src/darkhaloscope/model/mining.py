@@ -14,8 +14,8 @@ import tempfile
 import numpy as np
 import pyarrow as pa
 
-from .score import score_files
-from .survey.known_lenses import match_within, read_known_lenses, read_lenscat
+from darkhaloscope.model.score import score_files
+from darkhaloscope.survey.known_lenses import match_within, read_known_lenses, read_lenscat
 
 MODEL_PATH_IN_REPO = "data/model/best.pt"
 
@@ -72,7 +72,7 @@ def mine(files: list[str], ckpt: str, top_k: int, min_score: float, radius_arcse
 
 def run_mining(params: dict, stamps_root: str) -> tuple[pa.Table, dict]:
     """The `mine` stage: empty output when ``mine.model`` is empty or ``top_k`` is 0."""
-    from .stamp_format import list_stamp_files
+    from darkhaloscope.stamps.format import list_stamp_files
 
     m, sv = params["mine"], params["survey"]
     empty = pa.table({"sample_id": pa.array([], pa.int64()), "score": pa.array([], pa.float64())})

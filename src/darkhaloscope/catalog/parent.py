@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from . import selection
-from .survey import fs
-from .survey.known_lenses import match_within, read_known_lenses
-from .survey.sweeps import SurveyError, read_sweeps
+from darkhaloscope.catalog import selection
+from darkhaloscope.constants import SPLITS, nmgy_to_mag
+from darkhaloscope.survey import fs
+from darkhaloscope.survey.known_lenses import match_within, read_known_lenses
+from darkhaloscope.errors import SurveyError
+from darkhaloscope.survey.sweeps import read_sweeps
 
 # sweep columns carried into the parent sample (lower-cased)
 CARRY = ("RA", "DEC", "TYPE", "BRICKNAME", "OBJID", "FLUX_G", "FLUX_R", "FLUX_Z", "FLUX_W1",
@@ -63,7 +65,7 @@ def build_parent(params: dict) -> tuple[pa.Table, dict]:
     cols["brickname"] = cols["brickname"].astype(str)
     cols["objid"] = cols["objid"].astype(np.int64)
     for b in ("g", "r", "z", "w1"):
-        cols[f"mag_{b}"] = selection.flux_to_mag(cols[f"flux_{b}"])
+        cols[f"mag_{b}"] = nmgy_to_mag(cols[f"flux_{b}"])
     sp = sel["split"]
     hp = selection.healpix_index(cols["ra"], cols["dec"], sp["nside"])
     split = selection.region_split(hp, sp["nside"], sp["seed"], sp["fractions"])
@@ -79,8 +81,8 @@ def build_parent(params: dict) -> tuple[pa.Table, dict]:
         "cuts": counts,
         "duplicates_removed": {"same_brick_objid": int(n_dup_id), f"within_{DUP_RADIUS_ARCSEC}_arcsec": n_dup_pos},
         "n_parent": int(len(rid)),
-        "splits": {s: int((split == s).sum()) for s in selection.SPLITS},
-        "healpix_regions": {s: int(len(np.unique(hp[split == s]))) for s in selection.SPLITS},
+        "splits": {s: int((split == s).sum()) for s in SPLITS},
+        "healpix_regions": {s: int(len(np.unique(hp[split == s]))) for s in SPLITS},
         "near_known_lens": int(near.sum()),
     }
     return table, summary

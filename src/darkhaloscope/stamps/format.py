@@ -42,12 +42,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-STAMP_BANDS: tuple[str, ...] = ("g", "r", "z")
-STAMP_SIZE: int = 64
+from darkhaloscope.constants import BANDS as STAMP_BANDS
+from darkhaloscope.constants import SPLITS, STAMP_SIZE
+
 STAMP_COLUMN = "stamp"
 CTRL_STAMP_COLUMN = "ctrl_stamp"
 STAMP_COLUMNS: tuple[str, ...] = (STAMP_COLUMN, CTRL_STAMP_COLUMN)
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 #: Columns the writer insists on (the loader cannot work without them).
 REQUIRED_COLUMNS: tuple[str, ...] = ("sample_id", "is_control", "cutout_ok")

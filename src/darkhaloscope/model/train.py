@@ -1,7 +1,7 @@
 """Phase 5 training loop: curriculum stages, early stopping, checkpoints, exact resume.
 
 One readable loop (``fit_stage``) with small helpers beside it (checkpoint I/O in
-:mod:`darkhaloscope.checkpoint`, evaluation in ``evaluate_scores``). Scores are
+:mod:`darkhaloscope.model.checkpoint`, evaluation in ``evaluate_scores``). Scores are
 sigmoids of float32 logits (bf16 sigmoids create ties). On CUDA the forward pass
 runs under bf16 autocast; on CPU everything is float32 and deterministic.
 """
@@ -20,19 +20,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import metrics as M
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .data import NormConfig, StampDataset, StampIndex, make_loader
-from .losses import build_loss
-from .models import MetaScaler, build_model, check_meta_cols
-from .params import ParamsError
-from .seeds_format import resolve_stamp_root
-from .stamp_format import list_stamp_files
+from darkhaloscope import metrics as M
+from darkhaloscope.constants import FPR_TARGETS, TPR_TARGETS
+from darkhaloscope.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from darkhaloscope.model.loader import NormConfig, StampDataset, StampIndex, make_loader
+from darkhaloscope.model.losses import build_loss
+from darkhaloscope.model.nets import MetaScaler, build_model, check_meta_cols
+from darkhaloscope.params import ParamsError
+from darkhaloscope.stamps.seeds import resolve_stamp_root
+from darkhaloscope.stamps.format import list_stamp_files
 
 log = logging.getLogger(__name__)
 
-FPR_TARGETS = (1e-5, 1e-4, 1e-3, 1e-2)
-TPR_TARGETS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
 COLLAPSE_FRAC = 0.5  # binary_score_frac above this is a calibration-collapse warning (seeds C1/C4)
 
 
@@ -422,7 +421,7 @@ def train(params: dict, stamps_root: str, out_dir: str, resume: bool = True, pro
     ``stamps_root`` may also hold the seeds' Phase 4c parquet (``region_split=<split>/``,
     ``stamp_npz`` blobs): it is then converted once into ``seeds_cache`` (default
     ``$DHS_SEEDS_CACHE`` or ``<stamps_root>_converted``) and read from there
-    (:func:`darkhaloscope.seeds_format.resolve_stamp_root`).
+    (:func:`darkhaloscope.stamps.seeds.resolve_stamp_root`).
     """
     setup = Setup.from_params(params)  # params problems (e.g. a forbidden meta column) before any data is read
     stamps_root = resolve_stamp_root(stamps_root, seeds_cache)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 
-from .survey import fs
-from .survey.bricks import coadd_relpath
-from .survey.coadds import EXTENSIONS, find_coadd
+from darkhaloscope.survey import fs
+from darkhaloscope.survey.bricks import coadd_relpath
+from darkhaloscope.survey.coadds import EXTENSIONS, find_coadd
 
 
 def cache_coadds(root: str, bricks: list[str], bands, out_dir: str) -> dict:

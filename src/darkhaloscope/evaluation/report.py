@@ -14,12 +14,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from . import metrics as M
-from .checkpoint import model_from_checkpoint
-from .data import normalize
-from .gallery import rgb, save_figure
-from .saliency import grad_cam
-from .stamp_format import stamps_from_arrow
+from darkhaloscope import metrics as M
+from darkhaloscope.model.checkpoint import model_from_checkpoint
+from darkhaloscope.model.loader import normalize
+from darkhaloscope.plotting import rgb, save_figure
+from darkhaloscope.evaluation.saliency import grad_cam
+from darkhaloscope.stamps.format import stamps_from_arrow
 
 THETA_BINS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5001)   # arcsec (the seeds' --theta_bins)
 RES_BINS = (0.0, 0.5, 0.7, 0.9, 1.1, 1.4, 2.0, 5.0)           # theta_E / PSF FWHM (seeds' --res_bins, widened)

@@ -10,8 +10,8 @@ import sys
 
 import torch
 
-from .data import NormConfig
-from .models import MetaScaler, build_model
+from darkhaloscope.model.loader import NormConfig
+from darkhaloscope.model.nets import MetaScaler, build_model
 
 FORMAT_VERSION = 1
 REQUIRED = ("model_config", "model_state", "norm", "meta_cols", "input_channels")
@@ -62,7 +62,7 @@ def load_checkpoint(path: str) -> dict:
         raise ValueError(f"{path}: not a readable checkpoint ({e})") from None
     missing = [k for k in REQUIRED if k not in ck]
     if missing:
-        raise ValueError(f"{path}: checkpoint lacks {', '.join(missing)} (not written by darkhaloscope.train?)")
+        raise ValueError(f"{path}: checkpoint lacks {', '.join(missing)} (not written by darkhaloscope.model.train?)")
     return ck
 
 

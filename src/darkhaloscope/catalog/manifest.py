@@ -24,9 +24,9 @@ import itertools
 import numpy as np
 import pyarrow as pa
 
-from .hashing import hash_int63, normal, uniform
-from .params import GRID_KEYS
-from .selection import SPLITS
+from darkhaloscope.hashing import hash_int63, normal, uniform
+from darkhaloscope.params import GRID_KEYS
+from darkhaloscope.constants import SPLITS
 
 INJECTION_COLUMNS = (
     "theta_e_arcsec", "src_dmag", "src_reff_arcsec", "src_e", "shear", "shear_phi_deg",

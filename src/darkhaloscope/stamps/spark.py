@@ -16,9 +16,9 @@ from collections import Counter
 
 import numpy as np
 
-from .selection import SPLITS
-from .stamp_format import part_file_name, write_stamp_file
-from .stamps import BANDS, process_brick
+from darkhaloscope.constants import SPLITS
+from darkhaloscope.stamps.format import part_file_name, write_stamp_file
+from darkhaloscope.stamps.cutout import BANDS, process_brick
 
 # columns written beside the stamps, in this order
 OUTPUT_COLUMNS = (
@@ -34,7 +34,7 @@ OUTPUT_COLUMNS = (
 INT_COLUMNS = {"sample_id": np.int64, "pair_id": np.int64, "row_id": np.int64, "replicate": np.int32,
                "objid": np.int64, "is_control": np.int8, "cutout_ok": np.int8}
 STR_COLUMNS = {"split", "brickname", "config_id", "psf_fallback", "fail_reason"}
-_SRC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../src
+_SRC_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # .../src
 
 
 def spark_session(master: str, driver_memory: str, app: str = "darkhaloscope-stamps"):

@@ -19,7 +19,7 @@ starting with ``_`` or ``.``) are ignored.
 
 Decoding one blob costs ~1 ms (zip parsing plus inflating ~48 kB of noisy
 floats), so the training loader never reads this format: it is converted ONCE
-into our storage (:mod:`darkhaloscope.stamp_format`, read at memcpy speed) by
+into our storage (:mod:`darkhaloscope.stamps.format`, read at memcpy speed) by
 :func:`convert_seeds_to_stamps`, and :func:`resolve_stamp_root` - called by
 training and scoring - does that conversion on demand into a cache directory
 and returns the root to read. ``benchmarks/loader.py`` measures the difference.
@@ -27,7 +27,7 @@ and returns the root to read. ``benchmarks/loader.py`` measures the difference.
 Decisions (documented contract of the conversion):
 
 - **Missing bands.** A band absent from a blob is filled with NaN and the row is
-  kept, so :class:`darkhaloscope.data.StampIndex` drops it under
+  kept, so :class:`darkhaloscope.model.loader.StampIndex` drops it under
   ``nonfinite_stamp`` and counts it (nothing is silently dropped). The column
   ``band_mask`` (int8; bit 0 = g, 1 = r, 2 = z; 7 = all present) records which
   bands were present, ``ctrl_band_mask`` the same for ``ctrl_stamp_npz``. A null
@@ -75,8 +75,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .hashing import hash_int63
-from .stamp_format import (
+from darkhaloscope.hashing import hash_int63
+from darkhaloscope.stamps.format import (
     SPLITS,
     STAMP_BANDS,
     STAMP_COLUMNS,
@@ -299,7 +299,7 @@ def _plan_split(root: str | os.PathLike, split: str) -> _SplitPlan:
 
 @dataclass
 class SeedsRows:
-    """Decoded rows of seeds files, ready for :func:`darkhaloscope.stamp_format.write_stamp_file`."""
+    """Decoded rows of seeds files, ready for :func:`darkhaloscope.stamps.format.write_stamp_file`."""
 
     columns: pa.Table  # metadata: sample_id, row_id, the source columns, derived columns
     stamps: np.ndarray  # (N, 3, 64, 64) float32 nanomaggies; missing bands NaN
@@ -634,7 +634,7 @@ class _exclusive_lock:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m darkhaloscope.seeds_format",
+        prog="python -m darkhaloscope.stamps.seeds",
         description="Convert the seeds' Phase 4c parquet (region_split=<split>/, stamp_npz blobs) "
                     "into darkhaloscope's stamp layout (<dst>/<split>/part-NNNNN.parquet).",
     )

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lensing import fast, get_engine
-from .lensing.psf import psf_kernel
-from .lensing.render import arc_snr_integrated, arc_snr_peak, inject_bands, source_band_fluxes
-from .survey.bricks import coadd_relpath
-from .survey.coadds import find_coadd, read_coadd
-from .survey.sweeps import SurveyError
+from darkhaloscope.constants import BANDS
+from darkhaloscope.lensing import fast, get_engine
+from darkhaloscope.lensing.psf import psf_kernel
+from darkhaloscope.lensing.render import arc_snr_integrated, arc_snr_peak, inject_bands, source_band_fluxes
+from darkhaloscope.survey.bricks import coadd_relpath
+from darkhaloscope.survey.coadds import find_coadd, read_coadd
+from darkhaloscope.errors import SurveyError
 
-BANDS = ("g", "r", "z")
 
 
 def cutout_origin(wcs, ra: float, dec: float, size: int) -> tuple[int, int, float, float]:
@@ -171,7 +171,7 @@ def known_lens_rows(known: dict, bricks: list) -> tuple[list[dict], int]:
     They enter :func:`process_brick` with ``is_control = 1`` (nothing is injected) and the caller
     labels them lenses afterwards; quantities a real lens does not come with are NaN.
     """
-    from .manifest import INJECTION_COLUMNS
+    from darkhaloscope.catalog.manifest import INJECTION_COLUMNS
 
     unknown = dict.fromkeys(INJECTION_COLUMNS + ("host_mag_r", "psfsize_g", "psfsize_r", "psfsize_z",
                                                  "psfdepth_g", "psfdepth_r", "psfdepth_z"), np.nan)
@@ -192,8 +192,8 @@ def parent_rows(parent, manifest_rows: list[dict], seed: int) -> list[dict]:
     These are the "non-injected galaxies" a previous generation's model scores when
     mining hard negatives (split ``parent``; is_control = 1).
     """
-    from .hashing import hash_int63
-    from .manifest import INJECTION_COLUMNS
+    from darkhaloscope.hashing import hash_int63
+    from darkhaloscope.catalog.manifest import INJECTION_COLUMNS
 
     injected = {r["row_id"] for r in manifest_rows if not r["is_control"]}
     out = []

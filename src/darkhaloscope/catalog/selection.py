@@ -12,18 +12,11 @@ import numpy as np
 from astropy import units as u
 from astropy_healpix import HEALPix
 
-from .hashing import hash_int63, uniform
+from darkhaloscope.constants import SPLITS
+from darkhaloscope.constants import nmgy_to_mag
+from darkhaloscope.hashing import hash_int63, uniform
 
-# The seeds' cut variants (AB mag): z < z_max, r - z > rz_min, z - W1 > zw1_min.
-VARIANTS = {
-    "v1": {"z_max": 20.0, "rz_min": 0.5, "zw1_min": 1.6},
-    "v2": {"z_max": 20.4, "rz_min": 0.4, "zw1_min": 1.6},
-    "v3_color_relaxed": {"z_max": 20.4, "rz_min": 0.4, "zw1_min": 0.8},
-    "v4": {"z_max": 21.0, "rz_min": 0.4, "zw1_min": 0.8},
-    "v5": {"z_max": 21.5, "rz_min": 0.3, "zw1_min": 0.8},
-}
 DESI_LRG = "desi_lrg"
-SPLITS = ("train", "val", "test")
 
 
 def _col(catalog, name: str) -> np.ndarray:
@@ -33,11 +26,6 @@ def _col(catalog, name: str) -> np.ndarray:
         raise KeyError(f"catalogue has no column {name!r} (DR10 sweep names, upper case, are expected)") from None
 
 
-def flux_to_mag(flux) -> np.ndarray:
-    """AB magnitude of a flux in nanomaggies; NaN where the flux is not positive."""
-    f = np.asarray(flux, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(f > 0, 22.5 - 2.5 * np.log10(np.where(f > 0, f, 1.0)), np.nan)
 
 
 def _fluxes(catalog, bands, deredden: bool, prefix: str = "FLUX_") -> dict:
@@ -63,12 +51,14 @@ def cut_steps(catalog, variant: str = "v3_color_relaxed", deredden: bool = False
     if variant == DESI_LRG:
         # DESI defines its LRG cuts on extinction-corrected magnitudes: always deredden
         return _desi_lrg_steps(catalog, deredden=True)
-    table = variants if variants is not None else VARIANTS
+    if variants is None:
+        raise ValueError("cut_steps needs the cut table (params.yaml selection.variants)")
+    table = variants
     if variant not in table:
         raise ValueError(f"unknown LRG variant {variant!r}; valid: {', '.join(sorted(table))}, {DESI_LRG}")
     cut = table[variant]
     f = _fluxes(catalog, ("R", "Z", "W1"), deredden)
-    mr, mz, mw1 = flux_to_mag(f["R"]), flux_to_mag(f["Z"]), flux_to_mag(f["W1"])
+    mr, mz, mw1 = nmgy_to_mag(f["R"]), nmgy_to_mag(f["Z"]), nmgy_to_mag(f["W1"])
     with np.errstate(invalid="ignore"):
         steps = OrderedDict()
         steps["type_not_psf"] = _type_not_psf(catalog)
@@ -90,8 +80,8 @@ def _desi_lrg_steps(catalog, deredden: bool) -> "OrderedDict[str, np.ndarray]":
     fib = _col(catalog, "FIBERFLUX_Z").astype(np.float64)
     if deredden:
         fib = fib / _col(catalog, "MW_TRANSMISSION_Z").astype(np.float64)
-    g, r, z, w1 = (flux_to_mag(f[b]) for b in ("G", "R", "Z", "W1"))
-    zfib = flux_to_mag(fib)
+    g, r, z, w1 = (nmgy_to_mag(f[b]) for b in ("G", "R", "Z", "W1"))
+    zfib = nmgy_to_mag(fib)
     mask = _col(catalog, "MASKBITS").astype(np.int64)
     with np.errstate(invalid="ignore"):
         steps = OrderedDict()

@@ -15,7 +15,6 @@ is only read.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path

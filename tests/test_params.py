@@ -136,3 +136,39 @@ def test_load_params_file_errors(tmp_path, shipped_params_raw):
     with pytest.raises(ParamsError) as e:
         load_params(typo)
     assert str(typo) in str(e.value) and "did you mean 'control_frac'" in str(e.value)
+
+
+@pytest.mark.parametrize("path, value, where, expect", [
+    (("inject", "stamp_size"), 63, "inject.stamp_size", "64 x 64"),
+    (("inject", "stamp_size"), 0, "inject.stamp_size", "64 x 64"),
+    (("survey", "bands"), ["g", "g", "z"], "survey.bands", "['g', 'r', 'z'] in that order"),
+    (("survey", "bands"), ["z", "r", "g"], "survey.bands", "in that order"),
+    (("inject", "files_per_split"), 0, "inject.files_per_split", ">= 1"),
+    (("manifest", "n_total_per_split", "train"), 0, "manifest.n_total_per_split.train", ">= 1"),
+    (("spark", "driver_memory"), "lots", "spark.driver_memory", "JVM memory size"),
+    (("spark", "partitions"), 0, "spark.partitions", ">= 1"),
+    (("train", "num_workers"), -1, "train.num_workers", ">= 0"),
+    (("train", "batch_size"), 0, "train.batch_size", ">= 1"),
+])
+def test_values_the_code_cannot_honour_are_refused(params, path, value, where, expect):
+    d = params
+    for k in path[:-1]:
+        d = d[k]
+    d[path[-1]] = value
+    msg = _err(params)
+    assert where in msg and expect in msg
+
+
+@pytest.mark.parametrize("stages, where, expect", [
+    ([{"name": ""}], "train.curriculum[0].name", "non-empty"),
+    ([{"name": "a/b"}], "train.curriculum[0].name", "without '/'"),
+    ([{"name": "a"}, {"name": "a"}], "train.curriculum[1].name", "unique"),
+    ([{"epochs": -1}], "train.curriculum[0].epochs", ">= 1"),
+    ([{"epochs": 0}], "train.curriculum[0].epochs", ">= 1"),
+    ([{"lr": 0.0}], "train.curriculum[0].lr", "> 0"),
+])
+def test_curriculum_stages_are_checked(params, stages, where, expect):
+    base = params["train"]["curriculum"][0]
+    params["train"]["curriculum"] = [{**base, **s} for s in stages]
+    msg = _err(params)
+    assert where in msg and expect in msg

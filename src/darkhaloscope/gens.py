@@ -17,6 +17,7 @@ import sys
 
 from ruamel.yaml import YAML
 
+from darkhaloscope.outputs import atomic_file
 from darkhaloscope.params import ParamsError, validate
 
 SCALES = ("cpu", "full")
@@ -71,10 +72,8 @@ def apply(params_path: str, gen: str, scale: str = "cpu", extra: str | None = No
     import yaml as pyyaml
 
     validate(pyyaml.safe_load(buf.getvalue()), f"{params_path} after {gen}/{scale}")
-    tmp = params_path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_file(params_path) as tmp, open(tmp, "w") as f:
         f.write(buf.getvalue())
-    os.replace(tmp, params_path)
     return pyyaml.safe_load(buf.getvalue())
 
 

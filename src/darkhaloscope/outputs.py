@@ -65,11 +65,15 @@ class atomic_dir:
 
     On an exception the temporary directory is removed and ``final`` is left as it
     was, so a failed stage never leaves a directory that looks complete.
+
+    The swap renames the old directory aside, the new one into place, then removes the old
+    one, so ``final`` is missing only between two renames. ``suffix`` names the temporary
+    (``final + suffix``, beside it).
     """
 
-    def __init__(self, final: str):
-        self.final = final.rstrip("/")
-        self.tmp = self.final + ".tmp"
+    def __init__(self, final: str, suffix: str = ".tmp"):
+        self.final = os.fspath(final).rstrip("/")
+        self.tmp = self.final + suffix
 
     def __enter__(self) -> str:
         if os.path.exists(self.tmp):
@@ -81,7 +85,13 @@ class atomic_dir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
+        os.makedirs(os.path.dirname(self.final) or ".", exist_ok=True)
+        old = None
         if os.path.exists(self.final):
-            shutil.rmtree(self.final)
+            old = self.final + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.final, old)
         os.replace(self.tmp, self.final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         return False

@@ -9,15 +9,14 @@ the wrong type or outside its allowed set names the key and what was expected.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from darkhaloscope.constants import BANDS, STAMP_SIZE
 from darkhaloscope.errors import ParamsError  # noqa: F401  (raised here; imported from here by callers)
-
-
-
 
 # ---- schema vocabulary ------------------------------------------------------
 class Enum:
@@ -245,11 +244,43 @@ def _semantic_checks(p: dict, src: str) -> None:
         _fail(src, "inject.psf_kernel_size", f"expected an odd number of pixels, got {inj['psf_kernel_size']}")
     if inj["supersample"] < 1:
         _fail(src, "inject.supersample", f"expected >= 1, got {inj['supersample']}")
+    # what the stamp format holds: (3, 64, 64) float32, bands g, r, z in that order
+    if inj["stamp_size"] != STAMP_SIZE:
+        _fail(src, "inject.stamp_size", f"the stamp format holds {STAMP_SIZE} x {STAMP_SIZE} pixel stamps, "
+              f"got {inj['stamp_size']}")
+    if list(p["survey"]["bands"]) != list(BANDS):
+        _fail(src, "survey.bands", f"the stamp format holds the bands {list(BANDS)} in that order, "
+              f"got {p['survey']['bands']}")
+    for key in ("files_per_split", "gallery_n"):
+        if inj[key] < (1 if key == "files_per_split" else 0):
+            _fail(src, f"inject.{key}", f"expected >= {1 if key == 'files_per_split' else 0}, got {inj[key]}")
+    for s, n in m["n_total_per_split"].items():
+        if n < 1:
+            _fail(src, f"manifest.n_total_per_split.{s}", f"expected >= 1 rows, got {n}")
+    sp = p["spark"]
+    if sp["partitions"] < 1:
+        _fail(src, "spark.partitions", f"expected >= 1, got {sp['partitions']}")
+    if not re.fullmatch(r"[0-9]+[kKmMgGtT]?", str(sp["driver_memory"])):
+        _fail(src, "spark.driver_memory", f"expected a JVM memory size such as 2g or 512m, got {sp['driver_memory']!r}")
     tr = p["train"]
     if tr["input_channels"] not in (3, 6):
         _fail(src, "train.input_channels", f"expected 3 or 6, got {tr['input_channels']}")
     if not tr["curriculum"]:
         _fail(src, "train.curriculum", "expected at least one stage")
+    for key, lo in (("batch_size", 1), ("num_workers", 0), ("patience", 1), ("hard_negative_repeat", 0)):
+        if tr[key] < lo:
+            _fail(src, f"train.{key}", f"expected >= {lo}, got {tr[key]}")
+    names = [st["name"] for st in tr["curriculum"]]
+    for i, st in enumerate(tr["curriculum"]):
+        if not st["name"].strip() or st["name"] != st["name"].strip() or "/" in st["name"]:
+            _fail(src, f"train.curriculum[{i}].name", f"expected a non-empty name without '/' or surrounding "
+                  f"spaces (it names a directory under data/model), got {st['name']!r}")
+        if st["name"] in names[:i]:
+            _fail(src, f"train.curriculum[{i}].name", f"stage names must be unique, {st['name']!r} repeats")
+        if st["epochs"] < 1:
+            _fail(src, f"train.curriculum[{i}].epochs", f"expected >= 1, got {st['epochs']}")
+        if st["lr"] <= 0:
+            _fail(src, f"train.curriculum[{i}].lr", f"expected > 0, got {st['lr']}")
 
 
 def validate(p: Any, src: str = "params.yaml") -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
+from darkhaloscope.outputs import atomic_dir
 from darkhaloscope.survey import fs
 from darkhaloscope.survey.bricks import coadd_relpath
 from darkhaloscope.survey.coadds import EXTENSIONS, find_coadd
@@ -16,13 +17,23 @@ def cache_coadds(root: str, bricks: list[str], bands, out_dir: str) -> dict:
     Missing files are not an error here: they are listed in the returned report (brick,
     band, kind and the expected ``file`` path) and Phase 4c marks the affected stamps
     ``cutout_ok = 0`` with the reason.
-    The copy goes to a temporary directory renamed at the end.
+    The copy goes to a temporary directory renamed at the end (:class:`~darkhaloscope.outputs.atomic_dir`).
     """
-    tmp = out_dir.rstrip("/") + ".tmp"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    os.makedirs(tmp)
-    missing, n_files, n_bytes = [], 0, 0
+    missing: list[dict] = []
+    with atomic_dir(out_dir) as tmp:
+        _copy_bricks(root, bricks, bands, tmp, missing)
+        n_files, n_bytes = _count_files(tmp)
+    return {"n_bricks": len(set(bricks)), "n_files": n_files, "n_bytes": n_bytes,
+            "n_missing": len(missing), "missing": missing}
+
+
+def _count_files(d: str) -> tuple[int, int]:
+    sizes = [os.path.getsize(os.path.join(dp, f)) for dp, _, fs_ in os.walk(d) for f in fs_]
+    return len(sizes), sum(sizes)
+
+
+def _copy_bricks(root: str, bricks: list[str], bands, tmp: str, missing: list) -> None:
+    """Copy every (brick, band, image/invvar) file found under ``root`` into ``tmp``; append the others to ``missing``."""
     for brick in sorted(set(bricks)):
         for band in bands:
             for kind in ("image", "invvar"):
@@ -38,10 +49,3 @@ def cache_coadds(root: str, bricks: list[str], bands, out_dir: str) -> dict:
                     fs.get(src, dst)
                 else:
                     shutil.copyfile(src, dst)
-                n_files += 1
-                n_bytes += os.path.getsize(dst)
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return {"n_bricks": len(set(bricks)), "n_files": n_files, "n_bytes": n_bytes,
-            "n_missing": len(missing), "missing": missing}

@@ -43,7 +43,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from darkhaloscope.constants import BANDS as STAMP_BANDS
-from darkhaloscope.constants import SPLITS, STAMP_SIZE
+from darkhaloscope.outputs import atomic_file
+from darkhaloscope.constants import STAMP_SIZE
 
 STAMP_COLUMN = "stamp"
 CTRL_STAMP_COLUMN = "ctrl_stamp"
@@ -265,11 +266,7 @@ def write_stamp_file(
             compression[leaf] = "none" if fld.name in STAMP_COLUMNS else "zstd"
         if fld.name not in STAMP_COLUMNS:
             meta_leaves += leaves
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    tmp = path + ".tmp"
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(
             table,
             tmp,
@@ -285,13 +282,6 @@ def write_stamp_file(
         )
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     return path
 
 

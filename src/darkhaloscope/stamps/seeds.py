@@ -65,7 +65,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -75,15 +74,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from darkhaloscope.constants import BANDS as STAMP_BANDS
+from darkhaloscope.constants import SPLITS, STAMP_SIZE
 from darkhaloscope.hashing import hash_int63
-from darkhaloscope.stamps.format import (
-    SPLITS,
-    STAMP_BANDS,
-    STAMP_COLUMNS,
-    STAMP_SIZE,
-    part_file_name,
-    write_stamp_file,
-)
+from darkhaloscope.outputs import atomic_dir
+from darkhaloscope.stamps.format import STAMP_COLUMNS, part_file_name, write_stamp_file
 
 log = logging.getLogger(__name__)
 
@@ -497,10 +492,7 @@ def convert_seeds_to_stamps(
             a, b = g * n // k, (g + 1) * n // k
             tasks.append((split, g, plan.files[a:b], plan.ids[a:b]))
 
-    tmp = f"{dst_root}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    with atomic_dir(dst_root, suffix=f".tmp-{os.getpid()}") as tmp:
         args = [(src_root, split, files, ids, os.path.join(tmp, split, part_file_name(g)), int(row_group_size))
                 for split, g, files, ids in tasks]
         if int(workers) > 1 and len(args) > 1:
@@ -529,10 +521,6 @@ def convert_seeds_to_stamps(
         }
         with open(os.path.join(tmp, MANIFEST_NAME), "w") as fh:
             json.dump(report, fh, indent=1, sort_keys=True)
-        _swap_into_place(tmp, dst_root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 
@@ -540,17 +528,6 @@ def _settings(files_per_split: int | None, row_group_size: int) -> dict[str, Any
     return {"files_per_split": None if files_per_split is None else int(files_per_split),
             "row_group_size": int(row_group_size)}
 
-
-def _swap_into_place(tmp: str, dst: str) -> None:
-    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
-    old = None
-    if os.path.exists(dst):
-        old = f"{dst}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def conversion_is_current(src_root: str | os.PathLike, dst_root: str | os.PathLike,

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from scipy.special import gammaincinv
 from darkhaloscope.lensing.psf import moffat_kernel, noise_equivalent_area
 from darkhaloscope.constants import BANDS, PIXEL_SCALE, mag_to_nmgy
 from darkhaloscope.lensing.render import render_arc
+from darkhaloscope.outputs import atomic_dir
 from darkhaloscope.survey.bricks import brick_name, brick_wcs, coadd_relpath, sweep_name
 
 # DR10 extinction coefficients A_band / E(B-V) (Schlafly & Finkbeiner 2011, as in the sweeps)
@@ -383,11 +382,10 @@ class MockSurvey:
     # -- writing -------------------------------------------------------------------
     def write(self, root: str | Path, progress=None) -> dict:
         """Write the whole survey under ``root`` (atomically: a temp dir renamed at the end)."""
-        root = Path(root)
-        tmp = root.with_name(root.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        with atomic_dir(root) as tmp:
+            return self._write_into(Path(tmp), progress)
+
+    def _write_into(self, tmp: Path, progress=None) -> dict:
         cats, knowns, bricks_rows = [], [], []
         it = range(len(self.bricks))
         for index in (progress(it) if progress else it):
@@ -408,9 +406,6 @@ class MockSurvey:
         n_obj = self._write_sweeps(tmp, cats)
         self._write_known(tmp / "known_lenses.fits", knowns)
         self._write_bricks(tmp / "survey-bricks.fits", bricks_rows)
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
         return {"n_bricks": len(self.bricks), "n_objects": n_obj, "n_known_lenses": len(knowns),
                 "brick_size_pix": self.n}
 

@@ -10,16 +10,21 @@ source offset radius ``sqrt(u) * 0.8 * theta_E``, lens q, angles, shear angle,
 colours), host r magnitudes uniform in [18, 21], sub-pixel lens centres
 ``32 + U(-0.5, 0.5)``, and per-band PSF FWHMs in [0.9, 1.8] arcsec from 16
 "bricks" (kernels from ``psf_kernel(params inject.psf_model, ...)``, built
-once, untimed: ``process_brick`` caches them per brick too). It then times 3-band
+once, untimed: the ``Injector`` caches them per brick and band too). It then times 3-band
 64x64 stamp rendering end to end (unit image, band scaling, per-band PSF
 convolution; no I/O) at ``inject.supersample``:
 
 * lenstronomy: ``get_renderer(...).lensed_unit_image`` + ``render.inject_bands``
-  (what ``stamps.process_brick`` does with ``engine: lenstronomy``), on the
+  (the parts of an ``Injector`` with ``engine: lenstronomy``), on the
   first ``--n-ref`` draws;
 * fast, per stamp: ``get_engine("fast", ...).lensed_unit_image`` +
-  ``fast.inject_bands`` (single-stamp drop-ins);
-* fast, batch: ``fast.render_unit_images`` + ``fast.inject_bands_batch``
+  ``convolve.inject_bands`` (single-stamp drop-ins);
+* fast, Injector: ``Injector.inject`` with ``engine: fast``, the per-stamp call
+  ``stamps.process_brick`` makes (the same two steps plus the PSF-kernel lookup of
+  its (brick, band) cache, the source fluxes and the S/N and flux measurements;
+  stamps taken brick by brick as ``process_brick`` does, kernels built untimed
+  in the warm-up);
+* fast, batch: ``fast.render_unit_images`` + ``convolve.inject_bands_batch``
   (chunks of 256 stamps into reused buffers).
 
 The fast engines are warmed up first (numba compilation or cache load). Each
@@ -57,8 +62,8 @@ try:
 except ImportError:  # not installed: use the source tree
     sys.path.insert(0, str(ROOT / "src"))
 
-from darkhaloscope.lensing import get_engine, get_renderer, psf_kernel  # noqa: E402
-from darkhaloscope.lensing import fast  # noqa: E402
+from darkhaloscope.lensing import Injector, get_engine, get_renderer, psf_kernel  # noqa: E402
+from darkhaloscope.lensing import convolve, fast  # noqa: E402
 from darkhaloscope.lensing.render import inject_bands, source_band_fluxes  # noqa: E402
 from darkhaloscope.catalog.manifest import draw_injection, grid_configs  # noqa: E402
 
@@ -94,8 +99,10 @@ def draw(n: int, seed: int, params: dict) -> dict:
                                    int(inj["psf_kernel_size"]), 5) for f in fw.ravel()])
     brick = rng.integers(0, n_bricks, n)
     kidx = brick[:, None] * 3 + np.arange(3)[None, :]
+    for r, b in zip(rows, brick):
+        r["brickname"] = f"brick{b:02d}"
     return {"params": p, "centers": centers, "fluxes": fluxes, "kernels": kernels, "kidx": kidx,
-            "configs": [r["config_id"] for r in rows]}
+            "configs": [r["config_id"] for r in rows], "rows": rows, "fwhm": fw[brick].tolist()}
 
 
 def run_reference(d: dict, idx, renderer, keep: int, split: list | None = None) -> np.ndarray:
@@ -125,7 +132,26 @@ def run_fast_single(d: dict, idx, renderer, keep: int) -> np.ndarray:
     p, c, f, k, ki = d["params"], d["centers"], d["fluxes"], d["kernels"], d["kidx"]
     for j, i in enumerate(idx):
         unit = renderer.lensed_unit_image(*[p[key][i] for key in KEYS], center=(c[i, 0], c[i, 1]))
-        arc = fast.inject_bands(unit, f[i], [k[ki[i, b]] for b in range(3)])
+        arc = convolve.inject_bands(unit, f[i], [k[ki[i, b]] for b in range(3)])
+        if j < len(kept):
+            kept[j] = arc
+    return kept
+
+
+def by_brick(d: dict, idx) -> np.ndarray:
+    """``idx`` in the order ``process_brick`` meets them: brick by brick."""
+    idx = np.asarray(idx)
+    return idx[np.argsort([d["rows"][i]["brickname"] for i in idx], kind="stable")]
+
+
+def run_injector(d: dict, idx, injector: Injector, keep: int) -> np.ndarray:
+    """``Injector.inject`` stamp by stamp (``idx`` as :func:`by_brick` orders them); the first ``keep`` arcs."""
+    n = injector.stamp_size
+    kept = np.empty((min(keep, len(idx)), 3, n, n), np.float32)
+    iv_r = np.full((n, n), 1e4, np.float32)
+    rows, c, fw = d["rows"], d["centers"], d["fwhm"]
+    for j, i in enumerate(idx):
+        arc, _ = injector.inject(rows[i], (c[i, 0], c[i, 1]), iv_r, fw[i])
         if j < len(kept):
             kept[j] = arc
     return kept
@@ -146,7 +172,7 @@ def run_fast_batch(d: dict, idx, n_pix: int, ps: float, ss: int, keep: int, chun
         u = fast.render_unit_images({key: v[sel] for key, v in d["params"].items()}, d["centers"][sel],
                                     n_pix, ps, ss, out=units[:sel.size])
         t1 = time.process_time()
-        fast.inject_bands_batch(u, d["fluxes"][sel], d["kernels"], d["kidx"][sel], out=arcs[:sel.size])
+        convolve.inject_bands_batch(u, d["fluxes"][sel], d["kernels"], d["kidx"][sel], out=arcs[:sel.size])
         t_unit, t_inj = t_unit + t1 - t0, t_inj + time.process_time() - t1
         if s < len(kept):
             kept[s:] = arcs[:len(kept) - s]
@@ -181,10 +207,12 @@ def main(argv: list[str] | None = None) -> float:
 
     ref_engine = get_renderer(n_pix, ps, ss)
     fast_engine = get_engine("fast", n_pix, ps, ss)
+    injector = Injector.from_params({**inj, "engine": "fast"})
     # warm-up: numba compile / cache load, lenstronomy imports, FFT plans
     t_w0 = time.perf_counter()
     run_fast_batch(d, [0, 1], n_pix, ps, ss, 0)
     run_fast_single(d, [0], fast_engine, 0)
+    run_injector(d, by_brick(d, np.arange(n_fast)), injector, 0)  # also builds the last brick's kernels
     t_w1 = time.perf_counter()
     run_reference(d, [0], ref_engine, 0)
     print(f"warm-up: fast engine {t_w1 - t_w0:.2f} s (numba compile or cache load), "
@@ -194,7 +222,8 @@ def main(argv: list[str] | None = None) -> float:
     reps = max(1, n_fast // args.n_ref)
     same = np.tile(ref_idx, reps)
     # interleaved repeats, minimum per engine: robust to other load on the machine
-    t_ref, t_same_b, t_same_s, t_all_b, t_all_s = [], [], [], [], []
+    same_inj = by_brick(d, same)
+    t_ref, t_same_b, t_same_s, t_same_i, t_all_b, t_all_s = [], [], [], [], [], []
     split_ref, split_b = [], []
     for _ in range(args.repeats):
         sp = [0.0, 0.0]
@@ -206,6 +235,8 @@ def main(argv: list[str] | None = None) -> float:
         split_b.append([v / len(same) for v in sp])
         t, arc_s = timed(run_fast_single, d, same, fast_engine, args.n_ref)
         t_same_s.append(t / len(same))
+        t, _ = timed(run_injector, d, same_inj, injector, 0)
+        t_same_i.append(t / len(same))
         t, _ = timed(run_fast_batch, d, np.arange(n_fast), n_pix, ps, ss, 0)
         t_all_b.append(t / n_fast)
         t, _ = timed(run_fast_single, d, np.arange(n_fast), fast_engine, 0)
@@ -220,10 +251,12 @@ def main(argv: list[str] | None = None) -> float:
     ferr = np.abs(arc_b.sum(axis=(2, 3)) / ref64.sum(axis=(2, 3)) - 1).max()
 
     r_ref = min(t_ref)
-    rb, rs = min(t_same_b), min(t_same_s)
+    rb, rs, ri = min(t_same_b), min(t_same_s), min(t_same_i)
     print(f"lenstronomy:        {1 / r_ref:10.1f} stamps/s  ({r_ref * 1e3:.3f} ms/stamp, {args.n_ref} draws)")
     print(f"fast, per stamp:    {1 / rs:10.1f} stamps/s  ({rs * 1e3:.3f} ms/stamp, same draws x{reps}); "
           f"all {n_fast} draws: {1 / min(t_all_s):.1f} stamps/s")
+    print(f"fast, Injector:     {1 / ri:10.1f} stamps/s  ({ri * 1e3:.3f} ms/stamp, same draws x{reps}, "
+          f"brick by brick; the stage's per-stamp call)")
     print(f"fast, batch:        {1 / rb:10.1f} stamps/s  ({rb * 1e3:.3f} ms/stamp, same draws x{reps}); "
           f"all {n_fast} draws: {1 / min(t_all_b):.1f} stamps/s")
     sr = split_ref[int(np.argmin(t_ref))]

@@ -10,8 +10,9 @@
   against lenstronomy's ``LensModel(['SIE', 'SHEAR'])`` and
   ``LightModel(['SERSIC_ELLIPSE'])`` (float64: rtol 1e-6, in practice
   ~1e-15).
-* The batched / single-stamp PSF convolution equals ``convolve_psf`` /
-  ``inject_bands``; ``get_engine`` and ``process_brick`` use the fast engine.
+* The batched / single-stamp PSF convolution (:mod:`darkhaloscope.lensing.convolve`)
+  equals ``convolve_psf`` / ``inject_bands``; ``get_engine`` and ``process_brick`` use
+  the fast engine.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from darkhaloscope.lensing import (
     inject_bands,
     psf_kernel,
 )
-from darkhaloscope.lensing import fast
+from darkhaloscope.errors import ParamsError
+from darkhaloscope.lensing import convolve, fast
 from darkhaloscope.lensing.fast import FastRenderer, get_fast_renderer, render_unit_images
 
 N, PS, SS = 64, 0.262, 4
@@ -110,8 +112,8 @@ def test_psf_convolved_arcs_match_reference(rendered, model):
     ref, got, ker = rendered["ref"], rendered["fast"], rendered["kernels"][:, j]
     ref_c = np.array([convolve_psf(ref[i], ker[i]) for i in range(N_SETS)])
     kidx = np.arange(N_SETS)[:, None]
-    for conv in (fast.convolve_psf_batch(got, ker, kidx),                          # float64 FFTs
-                 fast.inject_bands_batch(got, np.ones((N_SETS, 1)), ker, kidx)):  # float32 FFTs
+    for conv in (convolve.convolve_psf_batch(got, ker, kidx),                          # float64 FFTs
+                 convolve.inject_bands_batch(got, np.ones((N_SETS, 1)), ker, kidx)):   # float32 FFTs
         conv = conv[:, 0].astype(np.float64)
         pix, flux = agreement(conv, ref_c)
         assert pix <= 0.01, pix      # the acceptance criterion; in practice ~1e-5
@@ -264,18 +266,18 @@ def test_convolve_psf_batch_equals_convolve_psf():
     imgs[3, :20, :] = 0.0
     kers = np.array([psf_kernel("moffat", 1.3), psf_kernel("gaussian", 0.9), psf_kernel("moffat", 1.8, beta=2.5)])
     idx = rng.integers(0, 3, (5, 3))
-    got = fast.convolve_psf_batch(imgs, kers, idx)
+    got = convolve.convolve_psf_batch(imgs, kers, idx)
     assert got.shape == (5, 3, N, N) and got.dtype == np.float64
     for b in range(5):
         for j in range(3):
             ref = convolve_psf(imgs[b], kers[idx[b, j]])
             np.testing.assert_allclose(got[b, j], ref, rtol=0, atol=1e-14 * max(imgs[b].max(), 1e-300))
     # every kernel on every image, float32 transforms
-    got32 = fast.convolve_psf_batch(imgs, kers, dtype=np.float32)
+    got32 = convolve.convolve_psf_batch(imgs, kers, dtype=np.float32)
     ref = np.array([[convolve_psf(imgs[b], k) for k in kers] for b in range(5)])
     assert np.abs(got32 - ref).max() < 1e-6 * imgs.max()
     with pytest.raises(ValueError, match="odd"):
-        fast.convolve_psf_batch(imgs, np.ones((1, 4, 4)) / 16)
+        convolve.convolve_psf_batch(imgs, np.ones((1, 4, 4)) / 16)
 
 
 def test_inject_bands_drop_in(rendered):
@@ -284,16 +286,17 @@ def test_inject_bands_drop_in(rendered):
     fluxes = {"g": 2.0, "r": 3.0, "z": 4.5}
     ref = inject_bands(unit, fluxes, kers)
     for dtype, tol in ((np.float64, 1e-6), (np.float32, 1e-6)):
-        got = fast.inject_bands(unit, fluxes, kers, dtype=dtype)
+        got = convolve.inject_bands(unit, fluxes, kers, dtype=dtype)
         assert got.shape == ref.shape and got.dtype == np.float32
         assert np.abs(got.astype(np.float64) - ref).max() <= tol * ref.max()
-    np.testing.assert_array_equal(fast.inject_bands(unit, [2.0, 3.0, 4.5], None), inject_bands(unit, fluxes, None))
-    batch = fast.inject_bands_batch(rendered["fast"][:3], [2.0, 3.0, 4.5], kers, dtype=np.float64)
+    np.testing.assert_array_equal(convolve.inject_bands(unit, [2.0, 3.0, 4.5], None),
+                                  inject_bands(unit, fluxes, None))
+    batch = convolve.inject_bands_batch(rendered["fast"][:3], [2.0, 3.0, 4.5], kers, dtype=np.float64)
     for b in range(3):
         np.testing.assert_allclose(batch[b], inject_bands(rendered["fast"][b], fluxes, kers),
                                    rtol=0, atol=1e-6 * batch[b].max())
     with pytest.raises(ValueError, match="band_fluxes"):
-        fast.inject_bands(unit, {"g": 1.0, "r": 1.0}, kers)
+        convolve.inject_bands(unit, {"g": 1.0, "r": 1.0}, kers)
 
 
 # --------------------------------------------------------------------------
@@ -358,6 +361,6 @@ def test_process_brick_with_fast_engine(tmp_path, inj):
         assert b["arc_snr"] == pytest.approx(a["arc_snr"], rel=1e-4)
         arc_peak = np.abs(a["stamp"] - b["stamp"]).max()
         assert arc_peak <= 1e-4 * a["arc_flux_r"]
-    # engine missing from the inject section: the reference
-    res = process_brick(brick, rows[:1], str(tmp_path), {k: v for k, v in inj.items() if k != "engine"})
-    np.testing.assert_array_equal(res[0]["stamp"], out["lenstronomy"][0]["stamp"])
+    # engine missing from the inject section: refused (no silent default engine)
+    with pytest.raises(ParamsError, match="engine"):
+        process_brick(brick, rows[:1], str(tmp_path), {k: v for k, v in inj.items() if k != "engine"})

@@ -8,9 +8,6 @@ Never touches the working repository's outputs: everything runs under tmp_path.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -21,42 +18,19 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from darkhaloscope.stamps.spark import OUTPUT_COLUMNS
+import _tinyrepo as T
 from darkhaloscope.stamps.format import stamps_from_arrow
+from darkhaloscope.stamps.spark import OUTPUT_COLUMNS
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 DATA_STAGES = ("survey", "parent", "manifest", "coadds", "stamps")
 SPLITS = ("train", "val", "test")
-GIT = ["git", "-c", "user.name=dhs-test", "-c", "user.email=dhs-test@example.invalid",
-       "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main"]
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("DHS_PARAMS", None)
-    env.pop("PYTHONPATH", None)
-    env.pop("SPARK_HOME", None)
-    return env
-
-
-def run(cmd, cwd, timeout=300) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"{cmd} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
-    return res
-
-
-def dvc(args, cwd, timeout=300) -> str:
-    res = run([str(VENV_BIN / "dvc"), *args], cwd, timeout)
-    return res.stdout + res.stderr
+run, dvc = T.run, T.dvc
 
 
 def tiny_params() -> dict:
-    with open(REPO / "params.yaml") as f:
-        p = yaml.safe_load(f)
+    p = T.shipped_params()
     p["survey"]["mock"].update(n_bricks_ra=2, n_bricks_dec=2, brick_size_pix=300, n_lrg_per_brick=25,
                                n_known_lenses=2)
     p["selection"]["split"]["nside"] = 1024   # ~3.4 arcmin regions, so the tiny sky has several
@@ -72,21 +46,8 @@ def lock_md5s(work: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    work = tmp_path_factory.mktemp("e2e") / "repo"
-    work.mkdir()
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    for rel in [f for f in files.decode().split("\0") if f] + [".dvc/config"]:
-        src = REPO / rel
-        if src.is_file():  # a tracked file deleted in the working tree is skipped
-            (work / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, work / rel)
-    # outputs of the working repository never travel: only tracked files were copied
-    assert not (work / "data" / "survey").exists()
-    with open(work / "params.yaml", "w") as f:
-        yaml.safe_dump(tiny_params(), f, sort_keys=False)
-    run(GIT + ["init", "-q"], work)
-    run(GIT + ["add", "-A"], work)
-    run(GIT + ["commit", "-q", "-m", "tiny e2e copy"], work)
+    # the working tree's sources (tracked and untracked), never its outputs; a git repository
+    work = T.make_repo(tmp_path_factory.mktemp("e2e") / "repo", tiny_params())
     out = dvc(["repro", "stamps"], work, timeout=400)
     return work, out
 
@@ -177,8 +138,14 @@ def test_stamp_files(pipeline):
     assert stats["n_rows"] == man.num_rows + len(want)
     # one brick reports PSFSIZE_Z = 0: its rows use the r-band FWHM and say so
     assert sum(stats["splits"][s]["psf_fallback_rows"] for s in SPLITS) > 0
+    # split `known`: the survey's known lenses, cut without injection in the same Spark job, labelled lenses
     known = pq.read_table(work / "data/stamps/known/part-00000.parquet")
     assert known.num_rows == 2 and known.column("cutout_ok").to_pylist() == [1, 1]
+    assert known.column("is_control").to_pylist() == [0, 0] and known.column("sample_id").to_pylist() == [0, 1]
+    assert known.column("magnification").to_pylist() == [0.0, 0.0]
+    assert [p.name for p in (work / "data/stamps/known").iterdir()] == ["part-00000.parquet"]
+    assert stats["known_lenses"] == {"rows": 2, "cutout_ok": 2, "no_brick": 0} and "known" not in stats["splits"]
+    assert (stats["engine"], stats["psf_model"], stats["supersample"]) == ("fast", "moffat", 4)
     assert (work / "data/stamps/gallery.png").stat().st_size > 1000
 
 
@@ -195,22 +162,20 @@ def test_second_repro_is_a_noop(pipeline):
     assert lock_md5s(work) == before
 
 
-# the stage's own call of run_stamps (stages/stamps.py), with spark.master / partitions overridden
+# the stage's own pipeline (stages/stamps.py: run_stamps_stage), with spark.master / partitions overridden
 SPARK_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, "src")
     import pyarrow.parquet as pq
     from darkhaloscope.params import load_params
-    from darkhaloscope.catalog.selection import SPLITS
-    from darkhaloscope.stamps.spark import run_stamps
-    from darkhaloscope.stamps.cutout import parent_rows
+    from darkhaloscope.constants import SPLITS
+    from darkhaloscope.stamps.pipeline import run_stamps_stage
     p = load_params("params.yaml")
     p["spark"]["master"], p["spark"]["partitions"] = sys.argv[2], int(sys.argv[3])
-    rows = pq.read_table("data/manifest/manifest.parquet").to_pylist()
-    n_manifest = len(rows)
-    rows += parent_rows(pq.read_table("data/parent/parent.parquet"), rows, p["seed"])
-    stats, _ = run_stamps(rows, "data/coadds", sys.argv[1], p, frozenset(), SPLITS + ("parent",))
-    print("ROWS", sum(s["rows"] for s in stats if s["split"] != "parent"), n_manifest)
+    summary = run_stamps_stage(p, "data/manifest/manifest.parquet", "data/parent/parent.parquet", "data/coadds",
+                               sys.argv[1])
+    n_manifest = pq.read_metadata("data/manifest/manifest.parquet").num_rows
+    print("ROWS", sum(summary["splits"][s]["rows"] for s in SPLITS), n_manifest)
 """)
 
 
@@ -227,12 +192,12 @@ def test_spark_partitions_and_master_do_not_change_bytes(pipeline, tmp_path):
         res = run([sys.executable, "-c", SPARK_SCRIPT, str(out_dir), master, str(parts)], work, timeout=240)
         assert f"ROWS {n_man} {n_man}" in res.stdout
         outs[parts] = _files(out_dir)
-    assert sorted(outs[1]) == [f"{s}/part-0000{i}.parquet" for s in ("parent", "test", "train", "val")
-                               for i in (0, 1)]
+    assert sorted(outs[1]) == ["known/part-00000.parquet"] + [f"{s}/part-0000{i}.parquet"
+                                                              for s in ("parent", "test", "train", "val")
+                                                              for i in (0, 1)]
     assert outs[1] == outs[5]
     # and the stage's own output (spark.partitions 8, local[2]) has the same bytes
-    stage = {k: v for k, v in _files(work / "data/stamps").items() if not k.startswith("known/")}
-    assert stage == outs[1]
+    assert _files(work / "data/stamps") == outs[1]
 
 
 def test_forced_repro_reproduces_identical_md5s(pipeline):

@@ -1,4 +1,5 @@
-"""Tests of Phase 4c per-brick cutouts and injection (darkhaloscope.stamps.cutout.process_brick).
+"""Tests of Phase 4c per-brick cutouts and injection (darkhaloscope.stamps.cutout.process_brick and
+the darkhaloscope.lensing.Injector behind it).
 
 A brick is built by hand: a TAN WCS from ``brick_wcs``, a pixel-integrated compact
 Gaussian "point source" at a chosen sky position that is NOT on a pixel centre,
@@ -7,14 +8,21 @@ and constant invvar maps, written as DR10-layout coadd files under tmp_path.
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from astropy.io import fits
 from scipy import integrate
 from scipy.special import erf
 
+from darkhaloscope.errors import ParamsError
+from darkhaloscope.lensing import Injector, convolve, get_engine, psf_kernel, render
 from darkhaloscope.lensing.render import mag_to_nmgy
-from darkhaloscope.stamps.cutout import cutout_origin, known_lens_rows, process_brick, psf_fwhm_used
+from darkhaloscope.stamps.cutout import (BrickCoadds, cut, cutout_origin, known_lens_rows, process_brick,
+                                        psf_fwhm_used)
+from darkhaloscope.stamps.pipeline import gallery_ids
+from darkhaloscope.stamps.spark import output_files
 from darkhaloscope.survey.bricks import brick_wcs, coadd_relpath
 
 BRICK, RA_C, DEC_C, N = "1500p005", 150.0, 0.5, 200
@@ -250,3 +258,106 @@ def test_known_lens_rows():
     assert n_nobrick == 1
     assert [(r["name"], r["brickname"], r["sample_id"]) for r in rows] == [("A", BRICK, 0), ("C", BRICK2, 2)]
     assert all(r["is_control"] == 1 and r["split"] == "known" for r in rows)
+
+
+# --------------------------------------------------------------------------
+# the Injector (darkhaloscope.lensing.injector) behind process_brick
+# --------------------------------------------------------------------------
+def previous_path_stamp(row, clean, iv_r, dx, dy, fw, inj, engine):
+    """The stamp and measurements as process_brick computed them inline before the Injector."""
+    renderer = get_engine(engine, 64, float(inj["pixel_scale"]), int(inj["supersample"]))
+    inject = convolve.inject_bands if engine == "fast" else render.inject_bands
+    kernels = [psf_kernel(inj["psf_model"], f, float(inj["moffat_beta"]), float(inj["pixel_scale"]),
+                          int(inj["psf_kernel_size"]), 5) for f in fw]
+    unit = renderer.lensed_unit_image(
+        row["theta_e_arcsec"], row["lens_q"], row["lens_phi_deg"], row["gamma1"], row["gamma2"],
+        row["src_x_arcsec"], row["src_y_arcsec"], row["src_reff_arcsec"], row["src_e"],
+        row["src_phi_deg"], center=(32 + dx, 32 + dy), n_sersic=1.0)
+    arc = inject(unit, render.source_band_fluxes(row["src_mag_r"], row["src_gr"], row["src_rz"]), kernels)
+    stamp = clean.copy()
+    stamp += arc.astype(np.float32)
+    return arc, stamp, {"magnification": float(unit.sum()), "arc_snr": render.arc_snr_peak(arc[1], iv_r),
+                        "arc_snr_int": render.arc_snr_integrated(arc[1], iv_r), "arc_flux_r": float(arc[1].sum()),
+                        "theta_e_over_psf": float(row["theta_e_arcsec"]) / fw[1]}
+
+
+SOME_ROWS = [  # (brick x, y, injection overrides)
+    ((120.0 - 0.4, 80.0 + 0.35), {}),
+    ((70.2, 110.9), dict(theta_e_arcsec=1.3, lens_q=0.6, lens_phi_deg=40.0, gamma1=0.02, gamma2=-0.01,
+                         src_x_arcsec=0.2, src_y_arcsec=-0.1, src_reff_arcsec=0.08, src_e=0.3, src_phi_deg=120.0)),
+    ((140.7, 130.1), dict(theta_e_arcsec=0.9, lens_q=0.8, src_x_arcsec=-0.3, src_reff_arcsec=0.2, src_mag_r=21.5,
+                          psfsize_z=0.0)),
+]
+
+
+@pytest.mark.parametrize("engine", ["lenstronomy", "fast"])
+def test_injector_gives_the_previous_process_brick_arcs(coadd_root, inj, engine):
+    inj = {**inj, "engine": engine}
+    rows = [injected_row(*sky(*xy), sample_id=10 + i, **kw) for i, (xy, kw) in enumerate(SOME_ROWS)]
+    out = process_brick(BRICK, rows, str(coadd_root), inj, want_clean=frozenset(r["sample_id"] for r in rows))
+    injector = Injector.from_params(inj)
+    assert injector.engine == engine and injector.renderer is get_engine(engine, 64, 0.262, 4)
+    co = BrickCoadds(str(coadd_root), BRICK)
+    for row, res in zip(rows, out):
+        assert res["cutout_ok"] == 1
+        x0, y0, dx, dy = cutout_origin(co.wcs, row["ra"], row["dec"], 64)
+        assert (dx, dy) == (res["x_offset_pix"], res["y_offset_pix"])
+        fw = [res[f"psf_fwhm_used_{b}"] for b in "grz"]
+        iv_r = cut(co.invvar["r"], x0, y0, 64)
+        arc_ref, stamp_ref, info_ref = previous_path_stamp(row, res["clean"], iv_r, dx, dy, fw, inj, engine)
+        np.testing.assert_array_equal(res["stamp"], stamp_ref)  # bit for bit
+        assert {k: res[k] for k in info_ref} == info_ref
+        arc, info = injector.inject(row, (32 + dx, 32 + dy), iv_r, fw)
+        assert arc.dtype == np.float32 and arc.shape == (3, 64, 64)
+        np.testing.assert_array_equal(arc, arc_ref)
+        assert info == info_ref
+
+
+def test_injector_builds_psf_kernels_once_per_brick_and_band(coadd_root, inj, monkeypatch):
+    import darkhaloscope.lensing.injector as injector_module
+
+    built = []
+
+    def counting_psf_kernel(model, fwhm, *args):
+        built.append(fwhm)
+        return psf_kernel(model, fwhm, *args)
+
+    monkeypatch.setattr(injector_module, "psf_kernel", counting_psf_kernel)
+    ra, dec = sky(110.0, 110.0)
+    rows = [injected_row(ra, dec, 1), injected_row(ra, dec, 2), control_row(ra, dec, 3),
+            injected_row(ra, dec, 4, psfsize_z=0.0),   # z falls back to r (1.2"): one new kernel
+            injected_row(ra, dec, 5)]
+    injector = Injector.from_params(inj)
+    process_brick(BRICK, rows, str(coadd_root), inj, injector=injector)
+    assert sorted(built) == sorted([1.4, 1.2, 1.1, 1.2])  # (g, 1.4), (r, 1.2), (z, 1.1), (z, 1.2)
+    # the same brick again: nothing new; another brick: its own kernels (one brick kept at a time)
+    k = injector.psf_kernels(BRICK, [1.4, 1.2, 1.1])
+    assert len(built) == 4 and [x is y for x, y in zip(k, injector.psf_kernels(BRICK, [1.4, 1.2, 1.1]))] == [1] * 3
+    injector.psf_kernels(BRICK2, [1.4, 1.2, 1.1])
+    assert len(built) == 7
+    # FWHMs equal to 4 decimals in every band share the first set's kernels
+    assert injector.psf_kernels(BRICK2, [1.40001, 1.2, 1.1])[0] is injector.psf_kernels(BRICK2, [1.4, 1.2, 1.1])[0]
+    assert len(built) == 7
+
+
+def test_injector_takes_the_engine_from_the_params(inj):
+    with pytest.raises(ParamsError, match="engine"):
+        Injector.from_params({k: v for k, v in inj.items() if k != "engine"})
+    with pytest.raises(ValueError, match="engine must be one of"):
+        Injector.from_params({**inj, "engine": "gpu"})
+    assert Injector.from_params(inj).engine == inj["engine"] == "fast"
+    assert Injector.from_params(inj).inject_bands is convolve.inject_bands
+    ref = Injector.from_params({**inj, "engine": "lenstronomy"}, bands=("g", "r"))
+    assert ref.inject_bands is render.inject_bands and ref.bands == ("g", "r") and ref.r == 1
+    # a pickled copy (a Spark task's) is rebuilt from the parameters, with no kernels yet
+    ref.psf_kernels(BRICK, [1.0, 1.1])
+    copy = pickle.loads(pickle.dumps(ref))
+    assert copy.renderer is ref.renderer and copy.bands == ("g", "r") and copy._sets == {}
+
+
+def test_output_files_and_gallery_ids():
+    assert output_files(("train", "parent", "known"), 2, True) == [
+        ("train", 0, True), ("train", 1, True), ("parent", 0, True), ("parent", 1, True), ("known", 0, False)]
+    rows = [{"sample_id": s, "split": sp, "is_control": c}
+            for s, sp, c in ((9, "train", 0), (3, "train", 1), (5, "val", 0), (7, "train", 0), (8, "train", 0))]
+    assert gallery_ids(rows, 2) == frozenset({7, 8})

@@ -1,15 +1,21 @@
-"""Strong-lensing physics: PSF kernels, the lenstronomy reference arc renderer and the fast engine.
+"""Strong-lensing physics: PSF kernels, the lenstronomy reference arc renderer, the fast engine
+and the :class:`Injector` that composes them for the stamps.
 
 Units: angles in arcsec (position angles in degrees), pixel scale in
 arcsec/pixel, fluxes and pixel values in nanomaggies. No I/O.
 
-Engines (``params.yaml`` ``inject.engine``, see :func:`get_engine`):
-``lenstronomy`` -- :class:`ArcRenderer` (reference); ``fast`` --
-:class:`darkhaloscope.lensing.fast.FastRenderer` (numba, same result;
-imported on first use so that numba is loaded only when needed).
+Modules: :mod:`~darkhaloscope.lensing.psf` (kernels), :mod:`~darkhaloscope.lensing.render`
+(the lenstronomy reference renderer, scipy PSF convolution and photometry helpers),
+:mod:`~darkhaloscope.lensing.fast` (the numba ray tracer / renderer and its batch API),
+:mod:`~darkhaloscope.lensing.convolve` (batched FFT PSF convolution and band injection) and
+:mod:`~darkhaloscope.lensing.injector` (:class:`Injector`, :func:`get_engine`).
+
+Engines (``params.yaml`` ``inject.engine``, see :func:`~darkhaloscope.lensing.injector.engine_parts`):
+``lenstronomy`` -- :class:`ArcRenderer` with ``render.inject_bands`` (reference); ``fast`` --
+:class:`darkhaloscope.lensing.fast.FastRenderer` with ``convolve.inject_bands`` (numba, same
+result; imported on first use so that numba is loaded only when needed).
 """
 
-from darkhaloscope.constants import PIXEL_SCALE
 from darkhaloscope.lensing.psf import (
     PSF_MODELS,
     fwhm_to_sigma,
@@ -34,30 +40,11 @@ from darkhaloscope.lensing.render import (
     render_stamp,
     source_band_fluxes,
 )
-
-#: Valid values of ``engine`` in :func:`get_engine` (params.yaml ``inject.engine``).
-ENGINES = ("lenstronomy", "fast")
-
-
-def get_engine(engine: str = "lenstronomy", n_pix: int = 64, pixel_scale: float = PIXEL_SCALE, supersample: int = 4,
-               adaptive: bool = True):
-    """The cached arc renderer of an engine: ``lensed_unit_image(...)`` as :class:`ArcRenderer`.
-
-    ``engine``: ``"lenstronomy"`` (:func:`get_renderer`, the reference) or
-    ``"fast"`` (:func:`darkhaloscope.lensing.fast.get_fast_renderer`); ``n_pix``
-    pixels, ``pixel_scale`` arcsec/pixel, ``supersample`` sub-pixels per side.
-    """
-    if engine == "lenstronomy":
-        return get_renderer(int(n_pix), float(pixel_scale), int(supersample), bool(adaptive))
-    if engine == "fast":
-        from darkhaloscope.lensing.fast import get_fast_renderer
-
-        return get_fast_renderer(int(n_pix), float(pixel_scale), int(supersample), bool(adaptive))
-    raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
-
+from darkhaloscope.lensing.injector import ENGINES, Injector, get_engine
 
 __all__ = [
     "ENGINES",
+    "Injector",
     "get_engine",
     "PSF_MODELS",
     "fwhm_to_sigma",

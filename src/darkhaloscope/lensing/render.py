@@ -448,6 +448,13 @@ def _per_band(values, name: str, bands: Sequence[str] = BANDS) -> list:
     return vals
 
 
+def _band_inputs(band_fluxes, kernels, bands: Sequence[str] = BANDS) -> tuple[list[float], list | None]:
+    """The arguments of an ``inject_bands``: (finite source flux per band [nanomaggies], PSF kernel
+    per band or None), each ordered like ``bands``, from mappings (keys = band names) or sequences."""
+    fluxes = [_finite(f"band_fluxes[{b}]", f) for b, f in zip(bands, _per_band(band_fluxes, "band_fluxes", bands))]
+    return fluxes, None if kernels is None else _per_band(kernels, "kernels", bands)
+
+
 def inject_bands(unit_image: np.ndarray, band_fluxes, kernels=None, bands: Sequence[str] = BANDS) -> np.ndarray:
     """Scale a unit-flux lensed image to each band's flux and convolve with that band's PSF.
 
@@ -465,10 +472,9 @@ def inject_bands(unit_image: np.ndarray, band_fluxes, kernels=None, bands: Seque
     ``(len(bands), N, N)`` float32 arc image in nanomaggies per pixel.
     """
     unit = np.asarray(unit_image, dtype=np.float64)
-    fluxes = [_finite(f"band_fluxes[{b}]", f) for b, f in zip(bands, _per_band(band_fluxes, "band_fluxes", bands))]
-    kers = [None] * len(bands) if kernels is None else _per_band(kernels, "kernels", bands)
+    fluxes, kers = _band_inputs(band_fluxes, kernels, bands)
     out = np.empty((len(bands),) + unit.shape, dtype=np.float32)
-    for i, (f, k) in enumerate(zip(fluxes, kers)):
+    for i, (f, k) in enumerate(zip(fluxes, [None] * len(bands) if kers is None else kers)):
         band = unit * f
         if k is not None:
             band = convolve_psf(band, k)

@@ -6,21 +6,19 @@ to the nearest pixel (xi, yi); the cutout spans columns xi-32 .. xi+31, so the
 galaxy sits at (32 + dx, 32 + dy) with |dx|, |dy| <= 0.5, and the lens of the
 injected arc is placed exactly there (sub-pixel), not at the stamp's geometric
 centre. A point source at the target's sky position therefore peaks at pixel
-(32, 32). Stamps are float32 nanomaggies, bands g, r, z.
+(32, 32). Stamps are float32 nanomaggies, bands g, r, z. The arcs come from a
+:class:`~darkhaloscope.lensing.injector.Injector` (engine, PSF kernels, band scaling).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from darkhaloscope.constants import BANDS
-from darkhaloscope.lensing import fast, get_engine
-from darkhaloscope.lensing.psf import psf_kernel
-from darkhaloscope.lensing.render import arc_snr_integrated, arc_snr_peak, inject_bands, source_band_fluxes
+from darkhaloscope.constants import BANDS, KNOWN_SPLIT, PARENT_SPLIT
+from darkhaloscope.errors import SurveyError
+from darkhaloscope.lensing.injector import Injector
 from darkhaloscope.survey.bricks import coadd_relpath
 from darkhaloscope.survey.coadds import find_coadd, read_coadd
-from darkhaloscope.errors import SurveyError
-
 
 
 def cutout_origin(wcs, ra: float, dec: float, size: int) -> tuple[int, int, float, float]:
@@ -84,8 +82,13 @@ class BrickCoadds:
 
 
 def process_brick(brick: str, rows: list[dict], coadd_root: str, inj: dict, bands=BANDS,
-                  want_clean: frozenset = frozenset(), paired: bool = False) -> list[dict]:
+                  want_clean: frozenset = frozenset(), paired: bool = False,
+                  injector: Injector | None = None) -> list[dict]:
     """Cut and inject every manifest row of one brick.
+
+    ``inj`` is the params ``inject`` section; ``injector`` the :class:`Injector` built from it
+    (built here if not given; :func:`~darkhaloscope.stamps.spark.run_stamps` passes one built
+    once). Rows with ``is_control`` set are cut without injection.
 
     Returns one dict per row: the manifest fields plus ``stamp`` (3,64,64) float32,
     optional ``ctrl_stamp`` (the un-injected cutout, when ``paired``), and the
@@ -95,13 +98,9 @@ def process_brick(brick: str, rows: list[dict], coadd_root: str, inj: dict, band
     in ``want_clean`` (sample ids) also carry ``clean`` = the cutout before injection
     (for the gallery).
     """
-    size = int(inj["stamp_size"])
+    injector = injector or Injector.from_params(inj, bands)
+    size = injector.stamp_size
     co = BrickCoadds(coadd_root, brick, bands)
-    engine = inj.get("engine", "lenstronomy")
-    renderer = get_engine(engine, size, float(inj["pixel_scale"]), int(inj["supersample"]))
-    # PSF convolution and band scaling: the fast engine's FFT path or the reference (scipy) one
-    inject = fast.inject_bands if engine == "fast" else inject_bands
-    kernels: dict = {}
     out = []
     for row in rows:
         res = dict(row)
@@ -137,25 +136,10 @@ def process_brick(brick: str, rows: list[dict], coadd_root: str, inj: dict, band
         res["cutout_ok"] = 1
         stamp = clean.copy()
         if not row["is_control"]:
-            fw = [res[f"psf_fwhm_used_{b}"] for b in bands]
-            key = tuple(round(f, 4) for f in fw)
-            if key not in kernels:
-                kernels[key] = [psf_kernel(inj["psf_model"], f, float(inj["moffat_beta"]),
-                                           float(inj["pixel_scale"]), int(inj["psf_kernel_size"]), 5)
-                                for f in fw]
-            unit = renderer.lensed_unit_image(
-                row["theta_e_arcsec"], row["lens_q"], row["lens_phi_deg"], row["gamma1"], row["gamma2"],
-                row["src_x_arcsec"], row["src_y_arcsec"], row["src_reff_arcsec"], row["src_e"],
-                row["src_phi_deg"], center=(size // 2 + dx, size // 2 + dy), n_sersic=1.0)
-            fluxes = source_band_fluxes(row["src_mag_r"], row["src_gr"], row["src_rz"])
-            arc = inject(unit, fluxes, kernels[key], bands=bands)
+            arc, info = injector.inject(row, (size // 2 + dx, size // 2 + dy), iv[injector.r],
+                                        [res[f"psf_fwhm_used_{b}"] for b in bands])
             stamp += arc.astype(np.float32)
-            r = bands.index("r") if "r" in bands else 0
-            res["magnification"] = float(unit.sum())
-            res["arc_snr"] = arc_snr_peak(arc[r], iv[r])
-            res["arc_snr_int"] = arc_snr_integrated(arc[r], iv[r])
-            res["arc_flux_r"] = float(arc[r].sum())
-            res["theta_e_over_psf"] = float(row["theta_e_arcsec"]) / res[f"psf_fwhm_used_{bands[r]}"]
+            res.update(info)
         res["stamp"] = stamp
         if paired:
             res["ctrl_stamp"] = clean
@@ -168,8 +152,9 @@ def process_brick(brick: str, rows: list[dict], coadd_root: str, inj: dict, band
 def known_lens_rows(known: dict, bricks: list) -> tuple[list[dict], int]:
     """Manifest-like rows for cutouts of known lenses (no injection); also the count with no brick.
 
-    They enter :func:`process_brick` with ``is_control = 1`` (nothing is injected) and the caller
-    labels them lenses afterwards; quantities a real lens does not come with are NaN.
+    They enter :func:`process_brick` with ``is_control = 1`` (nothing is injected) and split
+    ``known``; :func:`~darkhaloscope.stamps.spark.run_stamps` labels them lenses
+    (``is_control = 0``) afterwards. Quantities a real lens does not come with are NaN.
     """
     from darkhaloscope.catalog.manifest import INJECTION_COLUMNS
 
@@ -182,7 +167,7 @@ def known_lens_rows(known: dict, bricks: list) -> tuple[list[dict], int]:
             continue
         rows.append({**unknown, "sample_id": i, "pair_id": 0, "row_id": 0, "replicate": 0, "objid": 0,
                      "name": str(name), "brickname": brick, "ra": float(ra), "dec": float(dec),
-                     "is_control": 1, "split": "known", "config_id": "known_lens"})
+                     "is_control": 1, "split": KNOWN_SPLIT, "config_id": "known_lens"})
     return rows, n_nobrick
 
 
@@ -201,9 +186,9 @@ def parent_rows(parent, manifest_rows: list[dict], seed: int) -> list[dict]:
         if r["split"] != "train" or r["row_id"] in injected:
             continue
         sid = hash_int63(seed, r["row_id"], "parent")
-        out.append({"sample_id": sid, "pair_id": sid, "row_id": r["row_id"], "replicate": 0, "split": "parent",
-                    "brickname": r["brickname"], "objid": r["objid"], "ra": r["ra"], "dec": r["dec"],
-                    "is_control": 1, "config_id": "parent", "host_mag_r": r["mag_r"],
+        out.append({"sample_id": sid, "pair_id": sid, "row_id": r["row_id"], "replicate": 0,
+                    "split": PARENT_SPLIT, "brickname": r["brickname"], "objid": r["objid"], "ra": r["ra"],
+                    "dec": r["dec"], "is_control": 1, "config_id": "parent", "host_mag_r": r["mag_r"],
                     **{k: 0.0 for k in INJECTION_COLUMNS},
                     **{k: r[k] for k in ("psfsize_g", "psfsize_r", "psfsize_z", "psfdepth_g", "psfdepth_r",
                                          "psfdepth_z")}})

@@ -6,6 +6,10 @@ and the keyed rows are partitioned so that one Spark partition holds exactly one
 output file; that partition sorts its rows by ``sample_id`` and writes the file.
 The bytes written therefore depend only on the manifest and the params, never on
 ``spark.partitions``, the master or the number of executors.
+
+The known lenses (split ``known``, :data:`~darkhaloscope.constants.KNOWN_SPLIT`) are
+cut in the same job without injection and written as one unpaired file,
+``known/part-00000.parquet``, labelled ``is_control = 0`` (they are lenses).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from collections import Counter
 
 import numpy as np
 
-from darkhaloscope.constants import SPLITS
+from darkhaloscope.constants import BANDS, KNOWN_SPLIT, SPLITS
+from darkhaloscope.lensing.injector import Injector
+from darkhaloscope.stamps.cutout import process_brick
 from darkhaloscope.stamps.format import part_file_name, write_stamp_file
-from darkhaloscope.stamps.cutout import BANDS, process_brick
 
 # columns written beside the stamps, in this order
 OUTPUT_COLUMNS = (
@@ -107,26 +112,33 @@ def summarize_stats(stats: list[dict]) -> dict:
             "n_cutout_failed": sum(d["rows"] - d["cutout_ok"] for d in splits.values())}
 
 
+def output_files(splits, files_per_split: int, paired: bool) -> list[tuple[str, int, bool]]:
+    """``(split, bucket, paired)`` of every output file, in Spark partition order: ``files_per_split``
+    files per split, except one unpaired file for the known lenses (:data:`KNOWN_SPLIT`)."""
+    return [(s, b, paired and s != KNOWN_SPLIT) for s in splits
+            for b in range(1 if s == KNOWN_SPLIT else files_per_split)]
+
+
 def run_stamps(rows: list[dict], coadd_root: str, out_dir: str, params: dict,
                gallery_ids: frozenset = frozenset(), splits=SPLITS) -> tuple[list[dict], list[dict]]:
     """Run Phase 4c under Spark, writing into ``out_dir`` (the caller makes it atomic).
 
-    ``rows`` are manifest-like dicts (see OUTPUT_COLUMNS); ``splits`` the output split dirs.
-    Returns (per-file counts, gallery rows with their clean cutouts).
+    ``rows`` are manifest-like dicts (see OUTPUT_COLUMNS); ``splits`` the output split dirs
+    (:func:`output_files`; rows of :data:`KNOWN_SPLIT` are cut without injection and written
+    with ``is_control = 0``). Returns (per-file counts, gallery rows with their clean cutouts).
     """
     inj, sp = params["inject"], params["spark"]
     paired = params["manifest"]["control_type"] == "paired"
     bands = tuple(params["survey"]["bands"])
-    nfiles = int(inj["files_per_split"])
+    injector = Injector.from_params(inj, bands)  # travels to the tasks as its parameters
+    files = output_files(splits, int(inj["files_per_split"]), paired)
+    file_index = {(s, b): i for i, (s, b, _) in enumerate(files)}
+    n_buckets = {s: b + 1 for s, b, _ in files}
     by_brick: dict[str, list] = {}
     for r in rows:
         by_brick.setdefault(r["brickname"], []).append(r)
     groups = sorted(by_brick.items())
-
-    tmp = out_dir
-    os.makedirs(tmp, exist_ok=True)
-    split_index = {s: i for i, s in enumerate(splits)}
-    n_out = len(splits) * nfiles
+    os.makedirs(out_dir, exist_ok=True)
 
     spark = spark_session(sp["master"], sp["driver_memory"])
     try:
@@ -135,21 +147,22 @@ def run_stamps(rows: list[dict], coadd_root: str, out_dir: str, params: dict,
 
         def work(group):
             brick, brows = group
-            for res in process_brick(brick, brows, coadd_root, inj, bands, gallery_ids, paired):
-                key = split_index[res["split"]] * nfiles + int(res["sample_id"]) % nfiles
-                yield key, res
+            for res in process_brick(brick, brows, coadd_root, inj, bands, gallery_ids, paired, injector):
+                if res["split"] == KNOWN_SPLIT:
+                    res["is_control"] = 0  # cut without injection, but they are lenses
+                yield file_index[res["split"], int(res["sample_id"]) % n_buckets[res["split"]]], res
 
         def write_partition(index, items):
             items = list(items)
             gallery = [{k: v for k, v in r.items() if k in ("sample_id", "clean", "stamp", "config_id",
                                                             "theta_e_arcsec", "arc_snr", "split")}
                        for _, r in items if "clean" in r]
-            split, bucket = splits[index // nfiles], index % nfiles
-            stats = write_file(tmp, split, bucket, [r for _, r in items], paired)
+            split, bucket, file_paired = files[index]
+            stats = write_file(out_dir, split, bucket, [r for _, r in items], file_paired)
             yield {"stats": stats, "gallery": gallery}
 
         results = (rdd.flatMap(work)
-                   .partitionBy(n_out, lambda k: k)
+                   .partitionBy(len(files), lambda k: k)
                    .mapPartitionsWithIndex(write_partition)
                    .collect())
     finally:

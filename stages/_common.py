@@ -8,14 +8,48 @@ project raises itself (ParamsError, SurveyError, and ValueError / OSError / KeyE
 RuntimeError raised in src/darkhaloscope or stages/), whose messages name the file, column
 or key and what was expected. Anything raised inside a third-party library is a bug to look
 at and keeps its full traceback; ``DHS_TRACEBACK=1`` shows the traceback for every error.
+
+Byte-identical data on every machine: numpy picks its SIMD code paths at import time by CPU
+(x86-64-v3 = AVX2, v4 = AVX-512), and on AVX-512 machines its float64 log10 / sin / cos / exp
+(SVML) differ from the AVX2 and baseline paths in the last bit, which changed the parent
+sample's magnitudes and the manifest's shear and source offsets between machines. The data
+stages (DATA_STAGES) therefore run numpy's x86-64-v2 baseline code on every x86-64 CPU: this
+module sets ``NPY_DISABLE_CPU_FEATURES`` before numpy is imported (stage scripts import it
+first) and refuses to run a data stage whose numpy was imported earlier. Spark's Python
+workers inherit the setting. Training and scoring keep numpy's fastest paths.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
 import sys
 from typing import Callable
+
+#: stages whose outputs must be byte-identical across machines (dvc.lock data hashes)
+DATA_STAGES = ("survey", "parent", "manifest", "coadds", "stamps")
+#: numpy 2.x dispatch groups above the x86-64-v2 baseline (see numpy's __cpu_dispatch__)
+NUMPY_SIMD_ABOVE_BASELINE = "X86_V3 X86_V4 AVX512_ICL AVX512_SPR"
+
+
+def pin_numpy_dispatch(script: str) -> bool:
+    """For a data stage on x86-64: make numpy run its baseline code paths (before numpy loads).
+
+    Returns True when the pin was set. Raises RuntimeError if numpy is already imported, since
+    its dispatch could then no longer be narrowed.
+    """
+    stage = os.path.splitext(os.path.basename(script))[0]
+    if stage not in DATA_STAGES or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if "numpy" in sys.modules and os.environ.get("NPY_DISABLE_CPU_FEATURES") != NUMPY_SIMD_ABOVE_BASELINE:
+        raise RuntimeError(f"stages/{stage}.py imported numpy before _common: import _common first, so that "
+                           f"numpy's SIMD dispatch is pinned and the stage's bytes do not depend on the CPU")
+    os.environ["NPY_DISABLE_CPU_FEATURES"] = NUMPY_SIMD_ABOVE_BASELINE
+    return True
+
+
+pin_numpy_dispatch(sys.argv[0] if sys.argv else "")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))

@@ -1,7 +1,8 @@
 """Stage `coadds` (Phase 4b): cache the g/r/z coadds of the bricks the manifest and known lenses need."""
 
+from _common import run  # first: pins numpy's SIMD dispatch before numpy loads  # isort: skip
+
 import pyarrow.parquet as pq
-from _common import run
 
 from darkhaloscope.stamps.coadd_cache import cache_coadds
 from darkhaloscope.outputs import write_json

@@ -1,7 +1,8 @@
 """Stage `manifest` (Phase 4a): which galaxies get which injection, and the controls."""
 
+from _common import run  # first: pins numpy's SIMD dispatch before numpy loads  # isort: skip
+
 import pyarrow.parquet as pq
-from _common import run
 
 from darkhaloscope.catalog.manifest import build_manifest
 from darkhaloscope.outputs import write_json, write_parquet

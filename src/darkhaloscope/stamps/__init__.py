@@ -14,6 +14,7 @@ the survey readers and the lensing engines):
 - :mod:`~darkhaloscope.stamps.coadd_cache`: stage ``coadds`` (``cache_coadds``).
 - :mod:`~darkhaloscope.stamps.cutout`: per-brick WCS cutouts and injection (``process_brick``).
 - :mod:`~darkhaloscope.stamps.spark`: the Spark driver (``run_stamps``).
+- :mod:`~darkhaloscope.stamps.pipeline`: stage ``stamps`` as one Spark job (``run_stamps_stage``).
 - :mod:`~darkhaloscope.stamps.gallery`: ``injection_gallery``.
 """
 

@@ -64,7 +64,8 @@ try:
 except ImportError:  # not installed: use the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from darkhaloscope.model.loader import NormConfig, StampDataset, StampIndex, make_loader, normalize  # noqa: E402
+from darkhaloscope.model.loader import StampDataset, StampIndex, make_loader  # noqa: E402
+from darkhaloscope.model.preprocess import NormConfig, normalize  # noqa: E402
 from darkhaloscope.stamps.seeds import convert_seeds_to_stamps  # noqa: E402
 from darkhaloscope.stamps.format import list_stamp_files  # noqa: E402
 

@@ -6,8 +6,7 @@ from _common import run
 
 from darkhaloscope.evaluation import report as E
 from darkhaloscope import metrics as M
-from darkhaloscope.model.checkpoint import load_checkpoint
-from darkhaloscope.model.loader import NormConfig, StampIndex
+from darkhaloscope.model import Preprocess, StampIndex, load_checkpoint
 from darkhaloscope.outputs import atomic_dir, write_json
 from darkhaloscope.stamps.seeds import resolve_stamp_root
 from darkhaloscope.stamps.format import list_stamp_files
@@ -28,10 +27,9 @@ def main(p: dict) -> None:
     files = list_stamp_files(resolve_stamp_root("data/stamps"), "test")
     idx = StampIndex.build(files)
     rows = E.read_rows(files, idx.sample_ids, ("is_control",))
-    ck = load_checkpoint("data/model/best.pt")
-    norm, meta_cols = NormConfig.from_dict(ck["norm"]), tuple(ck["meta_cols"])
+    pre = Preprocess.from_checkpoint(load_checkpoint("data/model/best.pt"))  # the model's own recipe
     out["shortcut_auroc"] = E.shortcut_auroc(1 - rows["is_control"].astype(int),
-                                             E.trivial_features(rows["stamp"], norm))
+                                             E.trivial_features(rows["stamp"], pre))
     write_json(out, "metrics/eval.json")
 
     strat = E.stratified_rows(test, thr)
@@ -48,8 +46,8 @@ def main(p: dict) -> None:
         for name, sel, lab in (("top_negatives", neg, 0), ("lowest_positives", pos, 1)):
             ids = E._col(test, "sample_id")[y == lab][sel]
             sc = s[y == lab][sel]
-            r = E.read_rows(files, ids, meta_cols)
-            meta = np.column_stack([r[c] for c in meta_cols]) if meta_cols else None
+            r = E.read_rows(files, ids, pre.meta_cols)
+            meta = np.column_stack([r[c] for c in pre.meta_cols]) if pre.meta_cols else None
             E.saliency_gallery("data/model/best.pt", r["stamp"], r.get("ctrl_stamp"), meta,
                                [f"id {i % 100000}\nscore {v:.3f}" for i, v in zip(ids, sc)], f"{d}/{name}.png")
     print({k: out[k] for k in ("auroc", "tpr@fpr1e-2", "tpr@fpr1e-3", "n_pos", "n_neg", "shortcut_auroc")})

@@ -5,7 +5,8 @@ import os
 from _common import run
 
 from darkhaloscope.outputs import write_json
-from darkhaloscope.model.train import is_main_process, train
+from darkhaloscope.model.distributed import is_main_process
+from darkhaloscope.model.train import train
 
 
 def main(p: dict) -> None:

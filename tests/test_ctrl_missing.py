@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from darkhaloscope.model.loader import NormConfig, StampDataset, StampIndex, _unit_hash, make_loader
+from darkhaloscope.model.loader import StampDataset, StampIndex, _unit_hash, make_loader
+from darkhaloscope.model.preprocess import NormConfig
 from darkhaloscope.stamps.format import write_stamp_file
 
 

@@ -6,16 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from darkhaloscope.model.loader import (
-    DROP_REASONS,
-    NormConfig,
-    StampDataset,
-    StampIndex,
-    augment,
-    make_loader,
-    normalize,
-    robust_stats,
-)
+from darkhaloscope.model.loader import DROP_REASONS, StampDataset, StampIndex, make_loader
+from darkhaloscope.model.preprocess import NormConfig, augment, normalize, robust_stats
 from darkhaloscope.stamps.format import list_stamp_files, write_stamp_file
 
 THETA_MIN = 1.0

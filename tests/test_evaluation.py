@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from darkhaloscope.evaluation import report as E
-from darkhaloscope.model.loader import NormConfig
+from darkhaloscope.model.preprocess import NormConfig, Preprocess
 from darkhaloscope.evaluation.saliency import grad_cam
 
 # ----------------------------------------------------------------------------- shortcut audit
@@ -53,7 +53,7 @@ def test_trivial_features_hand_check():
     # stamp 1: 6 hugely bright pixels in band g: exactly these are clipped
     st[1, 0, 0, :6] = 1e4
     norm = NormConfig("full", 16, (-10.0, 10.0))
-    f = E.trivial_features(st, norm)
+    f = E.trivial_features(st, Preprocess(norm))
     assert f.shape == (2, 7)  # core flux g,r,z; total flux g,r,z; clipped fraction
     yy, xx = np.mgrid[0:64, 0:64]
     core = (yy - 32) ** 2 + (xx - 32) ** 2 <= 16

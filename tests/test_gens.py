@@ -279,7 +279,7 @@ def test_metadata_model_scores_rows_without_metadata_with_training_means(tmp_pat
     import torch
 
     from darkhaloscope.model.checkpoint import save_checkpoint
-    from darkhaloscope.model.loader import NormConfig
+    from darkhaloscope.model.preprocess import NormConfig
     from darkhaloscope.model.nets import MetaScaler, build_model
     from darkhaloscope.model.score import score_files, score_known_files
     from darkhaloscope.stamps.format import write_stamp_file

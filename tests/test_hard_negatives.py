@@ -5,7 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from darkhaloscope.model.loader import NormConfig, StampDataset, StampIndex, make_loader
+from darkhaloscope.model.loader import StampDataset, StampIndex, make_loader
+from darkhaloscope.model.preprocess import NormConfig
 from darkhaloscope.stamps.format import write_stamp_file
 from darkhaloscope.model.train import Setup, add_hard_negatives
 

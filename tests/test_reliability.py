@@ -34,7 +34,8 @@ from darkhaloscope.model import mining
 from darkhaloscope.stamps import seeds as seeds_format
 from darkhaloscope.model.checkpoint import load_checkpoint, save_checkpoint
 from darkhaloscope.stamps.coadd_cache import cache_coadds
-from darkhaloscope.model.loader import NormConfig, StampDataset, StampIndex, make_loader
+from darkhaloscope.model.loader import StampDataset, StampIndex, make_loader
+from darkhaloscope.model.preprocess import NormConfig
 from darkhaloscope.catalog.manifest import build_manifest
 from darkhaloscope.model.nets import ALLOWED_META_COLS, build_model
 from darkhaloscope.params import ParamsError, validate
@@ -46,7 +47,8 @@ from darkhaloscope.stamps.cutout import process_brick
 from darkhaloscope.survey import REQUIRED_COLUMNS, SurveyError, read_coadd
 from darkhaloscope.survey.bricks import brick_wcs, coadd_relpath
 from darkhaloscope.survey.mock import MockSurvey
-from darkhaloscope.model.train import Setup, predict, sigmoid, train
+from darkhaloscope.model.inference import predict, sigmoid
+from darkhaloscope.model.train import Setup, train
 
 TRACEBACK = "Traceback (most recent call last)"
 
@@ -214,7 +216,7 @@ def test_wrapper_reports_our_errors_and_keeps_library_tracebacks():
     spec = importlib.util.spec_from_file_location("stage_common", T.REPO / "stages" / "_common.py")
     common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(common)
-    ours = pytest.raises(ValueError, NormConfig, method="median")  # raised in src/darkhaloscope/data.py
+    ours = pytest.raises(ValueError, NormConfig, method="median")  # raised in src/darkhaloscope/model/preprocess.py
     assert common.is_user_error(ours.value) and "median" in common.error_message(ours.value)
     assert common.is_user_error(ParamsError("params.yaml: seed: expected an integer"))
     assert common.is_user_error(SurveyError("x.fits: missing DR10 sweep column(s) RA"))

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from darkhaloscope.stamps import seeds as S
-from darkhaloscope.model.loader import NormConfig, StampDataset, StampIndex, make_loader, normalize
+from darkhaloscope.model.loader import StampDataset, StampIndex, make_loader
+from darkhaloscope.model.preprocess import NormConfig, normalize
 from darkhaloscope.stamps.format import list_stamp_files, stamps_and_valid, write_stamp_file
 
 N_ROWS = {"train": (14, 11), "val": (9,), "test": (8,)}  # rows per file

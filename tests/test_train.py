@@ -21,7 +21,7 @@ import torch
 import darkhaloscope.model.score as score_mod
 import darkhaloscope.model.train as train_mod
 from darkhaloscope.model.checkpoint import load_checkpoint, model_from_checkpoint
-from darkhaloscope.model.loader import NormConfig, normalize
+from darkhaloscope.model.preprocess import NormConfig, normalize
 from darkhaloscope.model.losses import LOSSES, build_loss
 from darkhaloscope.model.nets import ARCHS, build_model
 from darkhaloscope.outputs import write_json

@@ -15,8 +15,7 @@ import pyarrow as pa
 import torch
 
 from darkhaloscope import metrics as M
-from darkhaloscope.model.checkpoint import model_from_checkpoint
-from darkhaloscope.model.loader import normalize
+from darkhaloscope.model import Preprocess, model_from_checkpoint
 from darkhaloscope.plotting import rgb, save_figure
 from darkhaloscope.evaluation.saliency import grad_cam
 from darkhaloscope.stamps.format import stamps_from_arrow
@@ -77,14 +76,16 @@ def write_csv(rows: list[dict], path: str) -> None:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
 
 
-def trivial_features(stamps: np.ndarray, norm) -> np.ndarray:
-    """Per stamp: core flux (r < 4 px) and total flux per band, and the clipped-pixel fraction."""
+def trivial_features(stamps: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """Per stamp (B, 3, H, W) in nanomaggies: core flux (r <= 4 pixels) and total flux per band
+    (nanomaggies), and the fraction of pixels the model's normalisation (``pre``, the checkpoint's
+    recipe) clips."""
     n, c, h, w = stamps.shape
     yy, xx = np.mgrid[0:h, 0:w]
     core = ((yy - h // 2) ** 2 + (xx - w // 2) ** 2) <= CORE_RADIUS**2
     feats = [stamps[:, :, core].sum(axis=2), stamps.reshape(n, c, -1).sum(axis=2)]
-    z = normalize(stamps, norm)
-    lo, hi = norm.clip
+    z = pre.normalize(stamps)
+    lo, hi = pre.norm.clip
     clipped = ((z <= lo) | (z >= hi)).reshape(n, -1).mean(axis=1, keepdims=True)
     return np.concatenate(feats + [clipped], axis=1)
 
@@ -111,19 +112,21 @@ def shortcut_auroc(labels: np.ndarray, feats: np.ndarray, seed: int = 0) -> floa
 
 def saliency_gallery(ckpt_path: str, stamps: np.ndarray, ctrl: np.ndarray | None, meta: np.ndarray | None,
                      titles: list[str], path: str) -> None:
-    """Each stamp (colour composite) beside its Grad-CAM map for the lens logit."""
+    """Each stamp (colour composite) beside its Grad-CAM map for the lens logit.
+
+    ``stamps`` (B, 3, H, W) and ``ctrl`` (their paired controls, or None) in nanomaggies and
+    ``meta`` (B, n_meta) raw metadata (or None) become network inputs with the checkpoint's own
+    recipe (:meth:`~darkhaloscope.model.preprocess.Preprocess.apply`): a 6-channel model without
+    stored controls sees the blank control that scoring uses too.
+    """
     import matplotlib.pyplot as plt
 
     model, pre = model_from_checkpoint(ckpt_path)
     n = max(1, len(stamps))
     fig, axes = plt.subplots(n, 2, figsize=(4.2, 2.1 * n), squeeze=False)
     if len(stamps):
-        x = normalize(stamps, pre.norm)
-        if pre.input_channels == 6:  # no control stored: the blank control scoring uses too
-            c = normalize(ctrl, pre.norm) if ctrl is not None else np.zeros_like(x)
-            x = np.concatenate([x, c], axis=1)
-        m = torch.from_numpy(pre.meta_scaler.transform(meta)) if pre.meta_cols else None
-        cams = grad_cam(model, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), m)
+        x, m = pre.apply(stamps, ctrl, meta)
+        cams = grad_cam(model, torch.from_numpy(x), torch.from_numpy(m) if m.shape[1] else None)
         for i in range(len(stamps)):
             axes[i, 0].imshow(rgb(stamps[i]), origin="lower")
             axes[i, 1].imshow(rgb(stamps[i]), origin="lower")

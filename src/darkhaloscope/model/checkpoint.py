@@ -1,7 +1,9 @@
-"""Checkpoints that carry everything scoring needs: architecture, input channels,
-normalisation, metadata columns and their scaling — so scoring cannot use a
-preprocessing different from training's (the original scored with another
-normalisation than it trained with)."""
+"""Checkpoints that carry everything scoring needs: the architecture and weights, and the
+preprocessing recipe (:class:`~darkhaloscope.model.preprocess.Preprocess`: normalisation,
+input channels, metadata columns and their scaling) — so scoring cannot use a preprocessing
+different from training's (the original scored with another normalisation than it trained
+with). Consumers ask the checkpoint for the recipe: :func:`model_from_checkpoint` returns
+(model, Preprocess), ``Preprocess.from_checkpoint(load_checkpoint(path))`` the recipe alone."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import sys
 
 import torch
 
-from darkhaloscope.model.loader import NormConfig
-from darkhaloscope.model.nets import MetaScaler, build_model
+from darkhaloscope.model.nets import build_model
+from darkhaloscope.model.preprocess import Preprocess
 
 FORMAT_VERSION = 1
 REQUIRED = ("model_config", "model_state", "norm", "meta_cols", "input_channels")
@@ -66,21 +68,6 @@ def load_checkpoint(path: str) -> dict:
     return ck
 
 
-class Preprocess:
-    """The checkpoint's own preprocessing: normalisation, channels, metadata scaling."""
-
-    def __init__(self, ck: dict):
-        self.norm = NormConfig.from_dict(ck["norm"])
-        self.input_channels = int(ck["input_channels"])
-        self.meta_cols = tuple(ck["meta_cols"])
-        self.meta_scaler = MetaScaler.from_state(ck["meta_scaler"]) if ck.get("meta_scaler") else None
-
-    def to_dict(self) -> dict:
-        return {"norm": self.norm.to_dict(), "input_channels": self.input_channels,
-                "meta_cols": list(self.meta_cols),
-                "meta_scaler": self.meta_scaler.state_dict() if self.meta_scaler else None}
-
-
 def model_from_checkpoint(ck: dict | str):
     """(model in eval mode on CPU, Preprocess) from a checkpoint dict or path."""
     if isinstance(ck, str):
@@ -89,4 +76,4 @@ def model_from_checkpoint(ck: dict | str):
     model = build_model(cfg["arch"], cfg["input_channels"], cfg["dropout"], cfg["n_meta"], cfg["width"])
     model.load_state_dict(ck["model_state"])
     model.eval()
-    return model, Preprocess(ck)
+    return model, Preprocess.from_checkpoint(ck)

@@ -2,31 +2,29 @@
 
 Pieces:
 
-- :class:`NormConfig` / :func:`normalize`: robust per-sample, per-channel
-  normalisation ``(x - median) / (1.4826 * MAD + 1e-8)`` clipped to ``clip``,
-  statistics over the whole stamp (``full``) or only the outer annulus
-  ``r >= outer_radius`` pixels from the stamp centre (``outer``), so the flux of an
-  injected arc near the centre cannot leak into the statistics.
-- :func:`augment`: one random dihedral transform (flips, rot90, transpose) per
-  sample, identical for all its channels.
 - :class:`StampIndex`: one pass over the files deciding which rows are used; every
   dropped row is counted by reason (``counts``), never silently dropped.
 - :class:`StampDataset`: an ``IterableDataset`` yielding ready batches
   ``(x, y, meta, sample_id)``; contiguous reads of (file, row group) chunks;
   chunks sharded round-robin over ``world_size * num_workers`` shards so every kept
   sample is yielded exactly once per epoch; the epoch lives in shared memory so
-  :meth:`StampDataset.set_epoch` reaches persistent workers.
+  :meth:`StampDataset.set_epoch` reaches persistent workers. Its batches are built with
+  the rules of :class:`darkhaloscope.model.preprocess.Preprocess` (normalisation, the
+  paired 6-channel layout, blank controls, metadata imputation and scaling), fed straight
+  from the memory-mapped stamp buffers, plus :func:`~darkhaloscope.model.preprocess.augment`
+  in training.
 - :func:`make_loader`: ``DataLoader(batch_size=None)`` whose worker seeding does not
   touch torch's global RNG.
+
+Stamps are float32 nanomaggies, (3, 64, 64) pixels per row (bands g, r, z).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -34,6 +32,16 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from darkhaloscope.hashing import hash_u64
+from darkhaloscope.model.distributed import rank_world
+from darkhaloscope.model.preprocess import (
+    CTRL_CHANNELS,
+    STAMP_CHANNELS,
+    NormConfig,
+    Preprocess,
+    augment,
+    block_samples,
+    normalize_blocks,
+)
 from darkhaloscope.stamps.format import (
     CTRL_STAMP_COLUMN,
     STAMP_BANDS,
@@ -43,7 +51,6 @@ from darkhaloscope.stamps.format import (
     StampFile,
 )
 
-NORM_METHODS: tuple[str, ...] = ("full", "outer")
 DROP_REASONS: tuple[str, ...] = (
     "cutout_not_ok",
     "missing_ctrl",
@@ -53,263 +60,6 @@ DROP_REASONS: tuple[str, ...] = (
     "below_min_arc_snr",
     "excluded_brick",
 )
-MAD_TO_SIGMA = 1.4826
-NORM_EPS = 1e-8
-
-
-# ----------------------------------------------------------------------------- normalisation
-
-
-@dataclass(frozen=True)
-class NormConfig:
-    """Robust normalisation settings (stored in checkpoints via :meth:`to_dict`)."""
-
-    method: str = "full"
-    outer_radius: float = 16
-    clip: tuple[float, float] = (-10.0, 10.0)
-
-    def __post_init__(self) -> None:
-        if self.method not in NORM_METHODS:
-            raise ValueError(f"unknown norm method {self.method!r}; valid: {list(NORM_METHODS)}")
-        clip = tuple(float(c) for c in self.clip)
-        if len(clip) != 2 or not clip[0] < clip[1]:
-            raise ValueError(f"clip must be (lo, hi) with lo < hi, got {self.clip!r}")
-        object.__setattr__(self, "clip", clip)
-        if not float(self.outer_radius) >= 0:
-            raise ValueError(f"outer_radius must be >= 0 pixels, got {self.outer_radius!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "outer_radius": self.outer_radius, "clip": list(self.clip)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "NormConfig":
-        valid = {"method", "outer_radius", "clip"}
-        unknown = set(d) - valid
-        if unknown:
-            raise ValueError(f"unknown NormConfig keys {sorted(unknown)}; valid: {sorted(valid)}")
-        kw = dict(d)
-        if "clip" in kw:
-            kw["clip"] = tuple(kw["clip"])
-        return cls(**kw)
-
-
-@functools.lru_cache(maxsize=32)
-def outer_pixel_index(height: int, width: int, outer_radius: float) -> np.ndarray:
-    """Flat indices of the pixels at radius >= ``outer_radius`` from the centre (H//2, W//2)."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    rr = np.hypot(yy - height // 2, xx - width // 2)
-    idx = np.flatnonzero(rr >= float(outer_radius))
-    if idx.size == 0:
-        raise ValueError(
-            f"outer_radius {outer_radius} leaves no pixel of a {height}x{width} stamp"
-        )
-    idx.setflags(write=False)
-    return idx
-
-
-def _middle(s: np.ndarray) -> np.ndarray:
-    """Median of rows already sorted along the last axis (mean of the two middle values if even)."""
-    n = s.shape[-1]
-    if n % 2:
-        return s[..., n // 2].copy()
-    return (s[..., n // 2 - 1] + s[..., n // 2]) * s.dtype.type(0.5)
-
-
-#: (sample, channel) rows normalised together: 96 rows of 4096 float32 = 1.5 MiB,
-#: so a block's scratch copies stay in the core's L2 cache.
-_BLOCK_ROWS = 96
-
-
-def _stats_sorted(pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reference (median, MAD) of each row of ``pix`` (R, n) by sorting twice.
-
-    Used for rows holding a non-finite value (a NaN anywhere gives NaN) and by
-    the tests as the definition the fast path must reproduce bit for bit.
-    """
-    srt = np.sort(pix, axis=-1)
-    med = _middle(srt)
-    med[np.isnan(srt[..., -1])] = np.nan  # sort puts NaN last
-    dev = np.subtract(srt, med[..., None], out=srt)
-    np.abs(dev, out=dev)
-    dev.sort(axis=-1)
-    return med, _middle(dev)
-
-
-def _middle_select(s: np.ndarray) -> np.ndarray:
-    """Median of each row of ``s`` (R, n) by selection; ``s`` is scratch (reordered in place).
-
-    One ``partition`` at k = n // 2 (a SIMD quickselect in numpy >= 2) gives the
-    order statistic k at column k and the k smallest values to its left, so the
-    (k-1)-th is their maximum. The values, hence the result, are exactly those
-    of :func:`_middle` on the sorted rows.
-    """
-    n = s.shape[-1]
-    k = n // 2
-    s.partition(k, axis=-1)
-    hi = s[:, k]
-    if n % 2:
-        return hi.copy()
-    return (s[:, :k].max(axis=-1) + hi) * s.dtype.type(0.5)
-
-
-def _stats_block(pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(median, MAD) of each row of ``pix`` (R, n) float32; ``pix`` is scratch (overwritten).
-
-    Equal, bit for bit, to :func:`_stats_sorted`: the median and the median of
-    the float32 deviations ``|x - median|`` are order statistics, found by
-    selection instead of sorting. Rows with a non-finite value (detected by their
-    float32 sum, which is then non-finite; an overflowing sum only costs the slow
-    path) take the reference path.
-    """
-    bad = ~np.isfinite(pix.sum(axis=-1))
-    if bad.any():
-        good = ~bad
-        med = np.empty(pix.shape[0], np.float32)
-        mad = np.empty(pix.shape[0], np.float32)
-        med[bad], mad[bad] = _stats_sorted(pix[bad])
-        if good.any():
-            med[good], mad[good] = _stats_block(pix[good])
-        return med, mad
-    med = _middle_select(pix)
-    np.subtract(pix, med[:, None], out=pix)
-    np.abs(pix, out=pix)
-    return med, _middle_select(pix)
-
-
-@functools.lru_cache(maxsize=32)
-def _outer_runs(height: int, width: int, outer_radius: float) -> tuple[tuple[int, int], ...]:
-    """:func:`outer_pixel_index` as runs of consecutive flat indices (start, stop), in order."""
-    idx = outer_pixel_index(height, width, outer_radius)
-    cut = np.flatnonzero(np.diff(idx) != 1) + 1
-    starts = np.r_[idx[0], idx[cut]]
-    stops = np.r_[idx[cut - 1] + 1, idx[-1] + 1]
-    return tuple(zip(starts.tolist(), stops.tolist()))
-
-
-def _stat_pixels(flat: np.ndarray, cfg: NormConfig, h: int, w: int) -> np.ndarray:
-    """A fresh (R, n) float32 copy of the pixels the statistics use (scratch for :func:`_stats_block`)."""
-    if cfg.method == "full":
-        return np.array(flat, dtype=np.float32, order="C")
-    if cfg.method == "outer":
-        runs = _outer_runs(h, w, float(cfg.outer_radius))
-        if len(runs) > 2 * h:  # a fragmented set (not an annulus): one gather
-            idx = outer_pixel_index(h, w, float(cfg.outer_radius))
-            return np.take(flat, idx, axis=-1).astype(np.float32, copy=False)
-        # an annulus is ~h runs of whole rows and row ends: slice copies beat a gather ~2x
-        out = np.empty((flat.shape[0], sum(b - a for a, b in runs)), np.float32)
-        o = 0
-        for a, b in runs:
-            out[:, o : o + b - a] = flat[:, a:b]
-            o += b - a
-        return out
-    raise ValueError(f"unknown norm method {cfg.method!r}; valid: {list(NORM_METHODS)}")  # pragma: no cover
-
-
-def robust_stats(x: np.ndarray, cfg: NormConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample, per-channel (median, MAD) of ``x`` (B, C, H, W); each (B, C) float32.
-
-    Statistics over all pixels (``full``) or the pixels at radius >= ``outer_radius``
-    from the centre (``outer``). The median of an even number of values is the mean
-    of the two middle ones, computed in float32; MAD is the median of the float32
-    deviations ``|x - median|``. A NaN anywhere in the pixels gives NaN.
-    """
-    x = np.asarray(x)
-    if x.ndim != 4:
-        raise ValueError(f"expected (B, C, H, W), got shape {x.shape}")
-    if x.dtype != np.float32:
-        x = x.astype(np.float32)
-    b, c, h, w = x.shape
-    flat = x.reshape(b * c, h * w)
-    med = np.empty(b * c, np.float32)
-    mad = np.empty(b * c, np.float32)
-    for r0 in range(0, b * c, _BLOCK_ROWS):
-        r1 = min(r0 + _BLOCK_ROWS, b * c)
-        med[r0:r1], mad[r0:r1] = _stats_block(_stat_pixels(flat[r0:r1], cfg, h, w))
-    return med.reshape(b, c), mad.reshape(b, c)
-
-
-def normalize(x: np.ndarray, cfg: NormConfig, out: np.ndarray | None = None) -> np.ndarray:
-    """(x - median) / (1.4826 * MAD + 1e-8) per sample and channel, clipped to ``cfg.clip``.
-
-    ``x`` is (B, C, H, W); returns a float32 array of the same shape: a new one, or
-    ``out`` when given (a C-contiguous float32 array of that shape; ``out=x``
-    normalises in place). The statistics are those of :func:`robust_stats`;
-    non-finite inputs give non-finite outputs (the index drops non-finite stamps).
-
-    Works block by block (about :data:`_BLOCK_ROWS` sample-channels at a time) so
-    the scratch copies stay in cache; the result does not depend on the blocking.
-    ``out=x`` is safe: a block's statistics are computed before it is overwritten.
-    """
-    x = np.asarray(x)
-    if x.ndim != 4:
-        raise ValueError(f"normalize expects (B, C, H, W), got shape {x.shape}")
-    if x.dtype != np.float32:
-        x = x.astype(np.float32)
-    if out is None:
-        out = np.empty(x.shape, np.float32)
-    elif out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(
-            f"normalize: out must be a writeable C-contiguous float32 array of shape {x.shape}, "
-            f"got {out.dtype} {out.shape}"
-        )
-    return _normalize_blocks(lambda b0, b1: x[b0:b1], x.shape, cfg, out)
-
-
-def _normalize_blocks(raw_block, shape: tuple[int, ...], cfg: NormConfig, out: np.ndarray) -> np.ndarray:
-    """:func:`normalize` of a (B, C, H, W) batch whose raw pixels ``raw_block(b0, b1)`` hands
-    out a block of samples at a time (a view, or rows gathered into a scratch buffer), into ``out``."""
-    b, c, h, w = shape
-    oflat = out.reshape(b * c, h * w)
-    lo, hi = cfg.clip
-    k = np.float32(MAD_TO_SIGMA)
-    eps = np.float32(NORM_EPS)
-    per = max(1, _BLOCK_ROWS // max(c, 1))  # samples per block
-    for b0 in range(0, b, per):
-        b1 = min(b0 + per, b)
-        flat = np.asarray(raw_block(b0, b1)).reshape((b1 - b0) * c, h * w)
-        med, mad = _stats_block(_stat_pixels(flat, cfg, h, w))
-        scale = k * mad + eps
-        o = oflat[b0 * c : b1 * c]
-        np.subtract(flat, med[:, None], out=o, dtype=np.float32)
-        o /= scale[:, None]
-        np.clip(o, lo, hi, out=o)
-    return out
-
-
-# ----------------------------------------------------------------------------- augmentation
-
-
-def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random horizontal flip, vertical flip, rot90 (k in 0..3) and transpose.
-
-    ONE transform is drawn per sample and applied identically to all its channels
-    (so the two halves of a 6-channel paired sample stay aligned). Returns a new
-    C-contiguous array; deterministic given the state of ``rng``.
-    """
-    x = np.asarray(x)
-    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"augment expects square (B, C, H, H) stamps, got shape {x.shape}")
-    b = x.shape[0]
-    hflip = rng.integers(0, 2, b)
-    vflip = rng.integers(0, 2, b)
-    k = rng.integers(0, 4, b)
-    tr = rng.integers(0, 2, b)
-    code = ((hflip * 2 + vflip) * 4 + k) * 2 + tr
-    out = np.empty(x.shape, dtype=x.dtype)
-    for c in np.unique(code):
-        rows = np.flatnonzero(code == c)
-        h, v, kk, t = int(c) // 16, (int(c) // 8) % 2, (int(c) // 2) % 4, int(c) % 2
-        y = x[rows]
-        if h:
-            y = y[..., ::-1]
-        if v:
-            y = y[..., ::-1, :]
-        if kk:
-            y = np.rot90(y, kk, axes=(-2, -1))
-        if t:
-            y = y.swapaxes(-1, -2)
-        out[rows] = y
-    return out
 
 
 # ----------------------------------------------------------------------------- index
@@ -601,16 +351,12 @@ class StampIndex:
 # ----------------------------------------------------------------------------- dataset
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class StampDataset(IterableDataset):
     """Ready batches ``(x (B,C,64,64) f32, y (B,) f32, meta (B,n_meta) f32, sample_id (B,) i64)``.
 
     Use with ``DataLoader(batch_size=None)`` (see :func:`make_loader`).
+    ``norm_cfg``, ``input_channels``, ``meta_cols`` and ``meta_scaler`` make up the
+    preprocessing recipe, :attr:`pre` (a :class:`~darkhaloscope.model.preprocess.Preprocess`).
 
     Work unit: a chunk = (file, row group) restricted to the index's kept rows,
     read once (its stamps zero-copy from the mapped file, see
@@ -667,28 +413,22 @@ class StampDataset(IterableDataset):
             raise ValueError(f"ctrl_dropout must be in [0, 1), got {ctrl_dropout}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if input_channels not in (3, 6):
-            raise ValueError(f"input_channels must be 3 (stamp) or 6 (stamp + ctrl_stamp), got {input_channels}")
         if input_channels == 6 and not index.require_ctrl and missing_ctrl != "zeros":
             raise ValueError(
                 "input_channels=6 needs an index built with require_ctrl=True "
                 "(rows without ctrl_stamp must be dropped and counted), or missing_ctrl='zeros'"
             )
-        if not isinstance(norm_cfg, NormConfig):
-            raise ValueError(f"norm_cfg must be a NormConfig, got {type(norm_cfg).__name__}")
+        #: the preprocessing recipe (checks input_channels and norm_cfg)
+        self.pre = Preprocess(norm_cfg, input_channels, meta_cols, meta_scaler)
         if int(buffer_chunks) < 1:
             raise ValueError(f"buffer_chunks must be >= 1, got {buffer_chunks}")
-        d_rank, d_world = _dist_rank_world()
+        d_rank, d_world = rank_world()
         self.rank = d_rank if rank is None else int(rank)
         self.world_size = d_world if world_size is None else int(world_size)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} not in [0, world_size={self.world_size})")
         self.index = index
         self.batch_size = int(batch_size)
-        self.norm_cfg = norm_cfg
-        self.input_channels = int(input_channels)
-        self.meta_cols = tuple(meta_cols)
-        self.meta_scaler = meta_scaler
         self.shuffle = bool(shuffle)
         self.augment = bool(augment)
         self.seed = int(seed)
@@ -714,6 +454,23 @@ class StampDataset(IterableDataset):
                         f"or use missing_meta='mean'"
                     )
             self.n_meta_imputed = int(missing.sum())
+
+    # -- the recipe ----------------------------------------------------------------
+    @property
+    def norm_cfg(self) -> NormConfig:
+        return self.pre.norm
+
+    @property
+    def input_channels(self) -> int:
+        return self.pre.input_channels
+
+    @property
+    def meta_cols(self) -> tuple[str, ...]:
+        return self.pre.meta_cols
+
+    @property
+    def meta_scaler(self) -> Any:
+        return self.pre.meta_scaler
 
     # -- epoch ---------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -781,7 +538,7 @@ class StampDataset(IterableDataset):
 
         cvalid = np.ones(ch.n, bool)
         ctrl = None
-        if self.input_channels == 6:
+        if self.pre.paired:
             if CTRL_STAMP_COLUMN in sf.schema_arrow.names:
                 ctrl, valid = sf.stamps(ch.row_group, CTRL_STAMP_COLUMN, nb, STAMP_SIZE)
                 ctrl = ctrl if ctrl.dtype == np.float32 else ctrl.astype(np.float32)
@@ -827,32 +584,31 @@ class StampDataset(IterableDataset):
         stays in cache and normalised from there into the batch array, so the raw
         pixels are read once from the chunk and the batch is written once. A
         3-channel batch that is a contiguous slice of one chunk (evaluation mode) is
-        normalised straight from the chunk's (mapped) buffer.
+        normalised straight from the chunk's (mapped) buffer. The normalisation and the
+        6-channel layout (stamp, then control) are the recipe's (:attr:`pre`).
         """
         b = len(ridx)
-        nb = len(STAMP_BANDS)
         c = self.input_channels
         shape = (b, c, STAMP_SIZE, STAMP_SIZE)
         out = np.empty(shape, np.float32)
-        if c == 3 and b:
+        norm = self.pre.norm
+        if not self.pre.paired and b:
             p0, r0 = int(pidx[0]), int(ridx[0])
             if (pidx == p0).all() and ridx[-1] - r0 == b - 1 and (np.diff(ridx) == 1).all():
                 src = imgs[p0][0]
-                return _normalize_blocks(lambda b0, b1: src[r0 + b0 : r0 + b1], shape, self.norm_cfg, out)
-        scratch = np.empty((max(1, _BLOCK_ROWS // c),) + shape[1:], np.float32)
+                return normalize_blocks(lambda b0, b1: src[r0 + b0 : r0 + b1], shape, norm, out)
+        scratch = np.empty((block_samples(c),) + shape[1:], np.float32)
         stamp_srcs = [im[0] for im in imgs]
-        ctrl_srcs = [im[1] for im in imgs] if c == 6 else None
+        ctrl_srcs = [im[1] for im in imgs] if self.pre.paired else None
 
         def raw_block(b0: int, b1: int) -> np.ndarray:
             sb = scratch[: b1 - b0]
-            if c == 3:
-                self._gather(stamp_srcs, pidx[b0:b1], ridx[b0:b1], sb)
-            else:
-                self._gather(stamp_srcs, pidx[b0:b1], ridx[b0:b1], sb[:, :nb])
-                self._gather(ctrl_srcs, pidx[b0:b1], ridx[b0:b1], sb[:, nb:])
+            self._gather(stamp_srcs, pidx[b0:b1], ridx[b0:b1], sb[:, STAMP_CHANNELS])
+            if ctrl_srcs is not None:
+                self._gather(ctrl_srcs, pidx[b0:b1], ridx[b0:b1], sb[:, CTRL_CHANNELS])
             return sb
 
-        return _normalize_blocks(raw_block, shape, self.norm_cfg, out)
+        return normalize_blocks(raw_block, shape, norm, out)
 
     def _make_batch(
         self,
@@ -863,23 +619,17 @@ class StampDataset(IterableDataset):
         rng_aug: np.random.Generator | None,
     ):
         x = self._normalized_batch(imgs, pidx, ridx)
-        if self.input_channels == 6:
-            # "no control available": the control half is all zeros (normalised blank sky), for rows
-            # without a control and, in training, for a ctrl_dropout fraction of the others
+        if self.pre.paired:
+            # "no control available" (a blank control half) for rows without a control and, in
+            # training, for a ctrl_dropout fraction of the others
             blank = ~np.asarray(part["cvalid"], bool)
             if self.ctrl_dropout > 0:
                 blank |= _unit_hash(part["sid"], self.seed, self.epoch) < self.ctrl_dropout
-            x[blank, len(STAMP_BANDS):] = 0.0
+            self.pre.blank_ctrl(x, blank)
         if rng_aug is not None:
             x = augment(x, rng_aug)
-        meta = part["meta"]
-        if self.meta_cols and self.missing_meta == "mean":
-            # no metadata for this row (e.g. a known lens, which has no catalogue row): the
-            # training mean, i.e. 0 after standardisation
-            meta = np.where(np.isfinite(meta), meta, np.asarray(self.meta_scaler.mean, np.float64)[None, :])
-        if self.meta_cols and self.meta_scaler is not None:
-            meta = np.asarray(self.meta_scaler.transform(meta))
-        meta = np.array(meta, dtype=np.float32, order="C")
+        # missing_meta='mean': a row without metadata (e.g. a known lens) gets the training means
+        meta = self.pre.scale_meta(part["meta"], impute=self.missing_meta == "mean")
         return (
             torch.from_numpy(np.ascontiguousarray(x)),
             torch.from_numpy(np.array(part["y"], dtype=np.float32)),  # copies: never a read-only view
@@ -894,7 +644,7 @@ class StampDataset(IterableDataset):
         st = np.empty((k, nb, STAMP_SIZE, STAMP_SIZE), np.float32)
         self._gather([im[0] for im in imgs], pidx, ridx, st)
         ct = None
-        if self.input_channels == 6:
+        if self.pre.paired:
             ct = np.empty((k, nb, STAMP_SIZE, STAMP_SIZE), np.float32)
             self._gather([im[1] for im in imgs], pidx, ridx, ct)
         return {"imgs": (st, ct), "rows": np.arange(k, dtype=np.int64), **small}

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from darkhaloscope.model.checkpoint import model_from_checkpoint
+from darkhaloscope.model.inference import device_and_amp, predict, sigmoid
 from darkhaloscope.model.loader import StampDataset, StampIndex, make_loader
-from darkhaloscope.model.train import device_and_amp, predict, sigmoid
 
 # columns evaluation stratifies on, carried into the score table when present
 STRATA = ("row_id", "brickname", "ra", "dec", "config_id", "theta_e_arcsec", "theta_e_over_psf", "arc_snr",

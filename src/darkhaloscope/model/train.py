@@ -1,9 +1,12 @@
 """Phase 5 training loop: curriculum stages, early stopping, checkpoints, exact resume.
 
 One readable loop (``fit_stage``) with small helpers beside it (checkpoint I/O in
-:mod:`darkhaloscope.model.checkpoint`, evaluation in ``evaluate_scores``). Scores are
-sigmoids of float32 logits (bf16 sigmoids create ties). On CUDA the forward pass
-runs under bf16 autocast; on CPU everything is float32 and deterministic.
+:mod:`darkhaloscope.model.checkpoint`, evaluation in ``evaluate_scores``, the device, the
+forward pass and the sigmoid in :mod:`darkhaloscope.model.inference`, torchrun plumbing in
+:mod:`darkhaloscope.model.distributed`). Scores are sigmoids of float32 logits (bf16
+sigmoids create ties). On CUDA the forward pass runs under bf16 autocast; on CPU everything
+is float32 and deterministic. Every checkpoint carries the run's preprocessing recipe
+(:class:`darkhaloscope.model.preprocess.Preprocess`).
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from tqdm import tqdm
 
 from darkhaloscope import metrics as M
 from darkhaloscope.constants import FPR_TARGETS, TPR_TARGETS
-from darkhaloscope.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from darkhaloscope.model.loader import NormConfig, StampDataset, StampIndex, make_loader
+from darkhaloscope.model.checkpoint import load_checkpoint, save_checkpoint
+from darkhaloscope.model.distributed import barrier, init_distributed, is_main_process, sync_optimizer
+from darkhaloscope.model.inference import device_and_amp, predict, sigmoid
+from darkhaloscope.model.loader import StampDataset, StampIndex, make_loader
 from darkhaloscope.model.losses import build_loss
 from darkhaloscope.model.nets import MetaScaler, build_model, check_meta_cols
+from darkhaloscope.model.preprocess import NormConfig
 from darkhaloscope.params import ParamsError
 from darkhaloscope.stamps.seeds import resolve_stamp_root
 from darkhaloscope.stamps.format import list_stamp_files
@@ -95,58 +101,6 @@ class Setup:
         """Hash of every setting; a checkpoint only resumes a run with the same fingerprint."""
         d = {k: (v.to_dict() if isinstance(v, NormConfig) else v) for k, v in self.__dict__.items()}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
-
-
-def device_and_amp() -> tuple[torch.device, torch.dtype | None]:
-    """CUDA with bf16 autocast when available, else CPU float32 (LOCAL_RANK picks the GPU under torchrun)."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))), torch.bfloat16
-    return torch.device("cpu"), None
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join the process group torchrun describes (WORLD_SIZE > 1): nccl on GPU, gloo on CPU.
-
-    Returns (rank, world_size); (0, 1) outside torchrun.
-    """
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def predict(model, loader, device, amp_dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sample_ids, labels, float32 logits) over a loader, in loader order."""
-    model.eval()
-    ids, ys, logits = [], [], []
-    with torch.no_grad():
-        for x, y, meta, sid in loader:
-            x, meta = x.to(device, non_blocking=True), meta.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = model(x, meta if meta.shape[1] else None)
-            logits.append(out.float().cpu().numpy())
-            ys.append(y.numpy())
-            ids.append(sid.numpy())
-    return np.concatenate(ids), np.concatenate(ys).astype(np.int8), np.concatenate(logits).astype(np.float32)
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """float64 sigmoid of float32 logits (no bf16 ties)."""
-    z = logits.astype(np.float64)
-    return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
 
 
 def evaluate_scores(labels: np.ndarray, scores: np.ndarray, logits: np.ndarray, loss_fn) -> dict:
@@ -284,9 +238,8 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
         else:
             log.info("ignoring %s: it belongs to a different configuration", last_path)
 
-    extra = {"norm": setup.norm.to_dict(), "meta_cols": list(setup.meta_cols),
-             "meta_scaler": scaler.state_dict() if scaler else None, "input_channels": setup.input_channels,
-             "stage": stage["name"], "fingerprint": fp, "index_train": tr_index.summary(),
+    # the checkpoint carries the preprocessing recipe the datasets use (scoring reads it back)
+    extra = {**train_ds.pre.to_dict(), "stage": stage["name"], "fingerprint": fp, "index_train": tr_index.summary(),
              "index_val": va_index.summary()}
     epochs = int(stage["epochs"])
     while state["epoch"] < epochs and not state["stopped_early"]:
@@ -307,7 +260,7 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
             t = torch.tensor([tot, n], dtype=torch.float64, device=device)  # nccl reduces CUDA tensors only
             dist.all_reduce(t)
             tot, n = float(t[0]), int(t[1])
-            _sync_optimizer(opt, len(gnorms), rank, world, device)
+            sync_optimizer(opt, len(gnorms), rank, world, device)
         lr = opt.param_groups[0]["lr"]
         sched.step()
         ids, labels, logits = predict(core, val_loader, device, amp)
@@ -339,53 +292,12 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
                                                     "optimizer_state": opt.state_dict(),
                                                     "scheduler_state": sched.state_dict(),
                                                     "torch_rng": torch.get_rng_state(), "train_state": state})
-        _barrier(world)
+        barrier(world)
     if not os.path.exists(best_path):
         raise RuntimeError(f"stage {stage['name']}: no epoch produced a finite {setup.monitor}; no best.pt")
     return {"stage": stage["name"], "best_epoch": state["best_epoch"], "best_" + setup.monitor: state["best"],
             "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "history": state["history"],
             "train_index": tr_index.summary(), "val_index": va_index.summary(), "hard_negatives": n_hard}
-
-
-def _sync_optimizer(opt, n_steps: int, rank: int, world: int, device) -> None:
-    """After an epoch under DDP's join: give every rank the optimizer state of the rank whose
-    model the join kept.
-
-    A rank that ran out of batches early skipped the other ranks' last optimizer steps; the
-    join then copies the model of the last rank to finish (the highest rank among those with
-    the most steps) to every rank, but not the optimizer's state (AdamW moments, step count).
-    Without this the ranks' optimizers, and with them their weights, drift apart next epoch.
-    """
-    import torch.distributed as dist
-
-    steps = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
-    dist.all_gather(steps, torch.tensor([n_steps], dtype=torch.int64, device=device))
-    steps = [int(s) for s in steps]
-    if min(steps) == max(steps):
-        return  # every rank took the same steps: the states are already identical
-    src = max(r for r, s in enumerate(steps) if s == max(steps))  # DDP's authoritative rank
-    obj = [_cpu(opt.state_dict()) if rank == src else None]  # load_state_dict moves it to the params' device
-    dist.broadcast_object_list(obj, src=src)
-    if rank != src:
-        opt.load_state_dict(obj[0])
-
-
-def _cpu(obj):
-    """A copy of a (nested) optimizer state with every tensor on the CPU."""
-    if torch.is_tensor(obj):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def _train_epoch(model, batches, opt, loss_fn, device, amp, grad_clip: float, gnorms: list) -> tuple[float, int]:
@@ -438,4 +350,4 @@ def train(params: dict, stamps_root: str, out_dir: str, resume: bool = True, pro
     return {"stages": stages}
 
 
-__all__ = ["Setup", "train", "fit_stage", "predict", "sigmoid", "evaluate_scores", "model_from_checkpoint"]
+__all__ = ["Setup", "train", "fit_stage", "evaluate_scores"]

@@ -5,14 +5,14 @@ lists them, plus ``.dvc/config``), never the working repository's outputs, and a
 ``params.yaml`` for a tiny mock survey. Everything a test runs there stays under its
 temporary directory; the working repository is only read.
 
-Used by tests/test_reliability.py and tests/test_reliability_e2e.py (the two older end-to-end
-tests keep their own copies of the same steps).
+Used by tests/project/ (test_reliability.py, test_gens.py) and every test in tests/e2e/.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -72,7 +72,7 @@ def shipped_params() -> dict:
         return yaml.safe_load(f)
 
 
-def tiny_params(epochs: int = 2) -> dict:
+def tiny_params(epochs: int = 2, patience: int = 50) -> dict:
     """A tiny but complete configuration: 2x2 bricks of 300 pixels, a few-epoch small_cnn."""
     p = copy.deepcopy(shipped_params())
     p["survey"]["mock"].update(n_bricks_ra=2, n_bricks_dec=2, brick_size_pix=300, n_lrg_per_brick=40,
@@ -81,7 +81,7 @@ def tiny_params(epochs: int = 2) -> dict:
     p["manifest"]["replicates"] = 2
     p["inject"]["files_per_split"] = 1
     p["spark"].update(master="local[2]", partitions=4)
-    p["train"].update(width=8, batch_size=32, patience=50, num_workers=0)
+    p["train"].update(width=8, batch_size=32, patience=int(patience), num_workers=0)
     p["train"]["curriculum"] = [{"name": "main", "epochs": int(epochs), "lr": 1.0e-3, "min_theta_over_psf": 0.0,
                                  "min_arc_snr": 0.0}]
     return p
@@ -132,6 +132,11 @@ def out_md5s(work: Path, stages: Iterable[str]) -> dict:
     """{stage: {out path: md5}} from dvc.lock."""
     lk = lock(work)
     return {s: {o["path"]: o["md5"] for o in lk[s].get("outs", [])} for s in stages}
+
+
+def ran_stages(out: str) -> set:
+    """The stages a `dvc repro` / `dvc exp run` output says it ran."""
+    return set(re.findall(r"Running stage '([^']+)'", out))
 
 
 def stage_main(work: Path, stage: str, timeout: float = 300, check: bool = False,

@@ -1,5 +1,8 @@
-"""Shared fixtures of the data-half tests: the repository root, the shipped params and
-a tiny mock-survey configuration."""
+"""Shared fixtures of the tests: the repository root, the shipped params, a tiny mock-survey
+configuration and ``cpu_only`` (CPU float32 training and scoring).
+
+The synthetic stamp-file factory is tests/_stamps.py (``import _stamps as S``), the tiny
+repository copies tests/_tinyrepo.py (``import _tinyrepo as T``)."""
 
 from __future__ import annotations
 
@@ -49,3 +52,17 @@ TINY_MOCK = {
 def tiny_mock() -> dict:
     """survey.mock for a 2x1-brick, 200-pixel survey with a few objects (a fresh copy)."""
     return copy.deepcopy(TINY_MOCK)
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """Force CPU float32 in training and scoring even on a CUDA machine: the equalities the tests
+    check are exact there. Use it by name, or ``pytestmark = pytest.mark.usefixtures("cpu_only")``."""
+    import torch
+
+    import darkhaloscope.model.score as score_mod
+    import darkhaloscope.model.train as train_mod
+
+    cpu = lambda: (torch.device("cpu"), None)  # noqa: E731
+    monkeypatch.setattr(train_mod, "device_and_amp", cpu)
+    monkeypatch.setattr(score_mod, "device_and_amp", cpu)

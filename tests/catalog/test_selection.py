@@ -26,7 +26,7 @@ import yaml
 from pathlib import Path
 
 # the cut table has one home, params.yaml's selection.variants
-VARIANTS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["selection"]["variants"]
+VARIANTS = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["selection"]["variants"]
 
 
 def cut_steps(catalog, variant="v3_color_relaxed", deredden=False, variants=None):

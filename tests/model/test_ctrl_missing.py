@@ -3,19 +3,9 @@
 import numpy as np
 import pytest
 
+import _stamps as S
 from darkhaloscope.model.loader import StampDataset, StampIndex, _unit_hash, make_loader
 from darkhaloscope.model.preprocess import NormConfig
-from darkhaloscope.stamps.format import write_stamp_file
-
-
-def _write(path, n, with_ctrl, seed=0):
-    rng = np.random.default_rng(seed)
-    st = rng.normal(size=(n, 3, 64, 64)).astype(np.float32)
-    cols = {"sample_id": np.arange(n, dtype=np.int64), "is_control": np.array([0, 1] * (n // 2), np.int8),
-            "cutout_ok": np.ones(n, np.int8)}
-    ct = (st + rng.normal(size=st.shape).astype(np.float32)) if with_ctrl else None
-    write_stamp_file(path, cols, st, ct)
-    return st, ct
 
 
 def _batches(ds):
@@ -24,7 +14,7 @@ def _batches(ds):
 
 
 def test_rows_without_ctrl_column_get_blank_control(tmp_path):
-    st, _ = _write(tmp_path / "a.parquet", 8, with_ctrl=False)
+    S.make_stamp_file(tmp_path / "a.parquet", 8)
     idx = StampIndex.build([str(tmp_path / "a.parquet")], require_ctrl=False)
     with pytest.raises(ValueError, match="missing_ctrl"):
         StampDataset(idx, 4, NormConfig(), input_channels=6)
@@ -34,7 +24,7 @@ def test_rows_without_ctrl_column_get_blank_control(tmp_path):
 
 
 def test_ctrl_dropout_blanks_the_hashed_fraction(tmp_path):
-    _write(tmp_path / "b.parquet", 400, with_ctrl=True)
+    S.make_stamp_file(tmp_path / "b.parquet", 400, ctrl="noise")
     idx = StampIndex.build([str(tmp_path / "b.parquet")], require_ctrl=True)
     ds = StampDataset(idx, 50, NormConfig(), input_channels=6, ctrl_dropout=0.25, seed=9, rank=0, world_size=1)
     x = _batches(ds)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 _VALUE = r"""["']?([A-Za-z0-9/+=]{16,})"""  # a key-like value, not a $VAR, {name} or "x"
 _DASHES = "-" * 5  # the header is assembled so that this file does not match it

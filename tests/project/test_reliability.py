@@ -4,7 +4,7 @@ message as one line instead of a traceback, and the splits, controls, mined nega
 metadata and normalisation do not leak.
 
 The slow half (`dvc repro` determinism, SIGKILL recovery, unreachable S3 through a stage) is
-tests/test_reliability_e2e.py. Everything here runs on CPU under tmp_path; the stage scripts
+tests/e2e/test_reliability_e2e.py. Everything here runs on CPU under tmp_path; the stage scripts
 run in a copy of stages/ and src/ (tests/_tinyrepo.py), never in the working repository.
 """
 
@@ -27,8 +27,8 @@ import torch
 import yaml
 from astropy.io import fits
 
+import _stamps as S
 import _tinyrepo as T
-import darkhaloscope.model.score as score_mod
 import darkhaloscope.model.train as train_mod
 from darkhaloscope.model import mining
 from darkhaloscope.stamps import seeds as seeds_format
@@ -51,17 +51,10 @@ from darkhaloscope.model.inference import predict, sigmoid
 from darkhaloscope.model.train import Setup, train
 
 TRACEBACK = "Traceback (most recent call last)"
+pytestmark = pytest.mark.usefixtures("cpu_only")  # CPU float32 (tests/conftest.py): the score equalities are exact
 
 
 # ============================================================================ helpers and fixtures
-
-
-@pytest.fixture(autouse=True)
-def cpu_only(monkeypatch):
-    """CPU float32 even where CUDA exists: the score equalities below are exact."""
-    cpu = lambda: (torch.device("cpu"), None)  # noqa: E731
-    monkeypatch.setattr(train_mod, "device_and_amp", cpu)
-    monkeypatch.setattr(score_mod, "device_and_amp", cpu)
 
 
 def params_for(**changes) -> dict:
@@ -89,22 +82,9 @@ def stamp_columns(n: int, sid0: int = 1, pos_every: int = 2, **extra) -> dict:
     return cols
 
 
-def ring_stamps(is_ctrl: np.ndarray, seed: int, amp: float = 15.0) -> np.ndarray:
-    """Noise (sigma 1) stamps; positives carry a bright ring inside the normalisation annulus' hole."""
-    rng = np.random.default_rng(seed)
-    n = len(is_ctrl)
-    st = rng.normal(0.0, 1.0, (n, 3, 64, 64)).astype(np.float32)
-    yy, xx = np.mgrid[0:64, 0:64]
-    rr = np.hypot(yy - 32, xx - 32)
-    for i in np.flatnonzero(is_ctrl == 0):
-        st[i] += (amp * np.exp(-0.5 * ((rr - rng.uniform(4, 9)) / 1.0) ** 2)).astype(np.float32)[None]
-    return st
-
-
 def write_split(root: Path, split: str, n: int, sid0: int, seed: int, **extra) -> str:
-    cols = stamp_columns(n, sid0, **extra)
-    return write_stamp_file(root / split / "part-00000.parquet", cols, ring_stamps(cols["is_control"], seed),
-                            row_group_size=32)
+    return S.make_stamp_file(root / split / "part-00000.parquet", columns=stamp_columns(n, sid0, **extra),
+                             stamps="ring", rng=seed, row_group_size=32).path
 
 
 def tiny_train_params(**train_changes) -> dict:
@@ -155,7 +135,7 @@ def write_sweep(path: Path, drop: tuple = (), n: int = 3) -> Path:
     return path
 
 
-# one hand-made brick for the cutout cases (cf. tests/test_stamps_cutout.py)
+# one hand-made brick for the cutout cases (cf. tests/stamps/test_stamps_cutout.py)
 BRICK, RA_C, DEC_C, NPIX = "1500p005", 150.0, 0.5, 200
 
 
@@ -343,7 +323,7 @@ def test_corrupt_stamp_file_named_by_index(tmp_path):
 
 def test_nonfinite_stamp_dropped_and_counted(tmp_path):
     cols = stamp_columns(12)
-    st = ring_stamps(cols["is_control"], 4)
+    st = S.ring_stamps(cols["is_control"], 4)
     st[1, 0, 10, 10] = np.nan   # controls marked cutout_ok = 1
     st[3, 2, 0, 0] = np.inf
     path = write_stamp_file(tmp_path / "val" / "part-00000.parquet", cols, st)
@@ -605,7 +585,7 @@ def test_mined_hard_negatives_lie_outside_the_exclusion_radius(tmp_path, trained
     n = len(ra)
     cols = stamp_columns(n, 500, pos_every=10 ** 6)  # all controls (non-injected)
     cols.update(is_control=np.ones(n, np.int8), ra=np.array(ra), dec=np.array(dec))
-    path = write_stamp_file(tmp_path / "parent" / "part-00000.parquet", cols, ring_stamps(cols["is_control"], 9))
+    path = S.make_stamp_file(tmp_path / "parent" / "part-00000.parquet", columns=cols, stamps="ring", rng=9).path
     known = {"name": np.array(["S"]), "ra": np.array([survey_lens[0]]), "dec": np.array([survey_lens[1]])}
     lenscat = {"name": np.array(["L"]), "ra": np.array([lenscat_lens[0]]), "dec": np.array([lenscat_lens[1]])}
     table, report = mining.mine([path], ckpt, top_k=100, min_score=0.0, radius_arcsec=10.0, known=known,
@@ -631,7 +611,7 @@ def trained(tmp_path_factory):
         write_split(root, "val", 32, 1000, seed=2)
         write_split(root, "test", 32, 2000, seed=3)
         cols = stamp_columns(2, 3000, pos_every=1)
-        write_stamp_file(root / "known" / "part-00000.parquet", cols, ring_stamps(cols["is_control"], 4))
+        S.make_stamp_file(root / "known" / "part-00000.parquet", columns=cols, stamps="ring", rng=4)
         p = tiny_train_params(clip=[-5.0, 20.0], norm_method="outer")
         train(p, str(root), str(base / "model"), progress=False)
     finally:

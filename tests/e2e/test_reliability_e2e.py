@@ -5,14 +5,13 @@ missing coadd band through the real stages, and S3 survey roots that cannot be u
 One clean `dvc repro evaluate` of a tiny configuration (tests/_tinyrepo.py) is the reference;
 each test works in a full copy of it (git, DVC cache and outputs), so the reference is never
 changed. The data stages' own forced-repro determinism and the Spark partition/master
-invariance are covered by tests/test_pipeline_data_e2e.py and are not repeated here.
+invariance are covered by tests/e2e/test_pipeline_data_e2e.py and are not repeated here.
 Everything runs under tmp_path, on CPU.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import socket
 import sys
 from pathlib import Path
@@ -35,10 +34,6 @@ METRICS = ("metrics/train.json", "metrics/history.json", "metrics/score.json", "
 TRACEBACK = "Traceback (most recent call last)"
 
 
-def ran(out: str) -> set:
-    return set(re.findall(r"Running stage '([^']+)'", out))
-
-
 def texts(work: Path, paths=METRICS) -> dict:
     return {p: (work / p).read_text() for p in paths}
 
@@ -52,7 +47,7 @@ def clean(tmp_path_factory):
     params["inject"]["engine"] = "lenstronomy"
     work = T.make_repo(tmp_path_factory.mktemp("clean") / "repo", params)
     out = T.dvc(["repro", "evaluate"], work, timeout=600)
-    assert ran(out) >= set(ALL_STAGES), out[-3000:]
+    assert T.ran_stages(out) >= set(ALL_STAGES), out[-3000:]
     ref = {"md5": T.out_md5s(work, ALL_STAGES), "metrics": texts(work),
            "weights": {n: load_checkpoint(str(work / "data/model" / n))["model_state"]
                        for n in ("best.pt", "main/best.pt", "main/last.pt")}}
@@ -87,7 +82,7 @@ def test_forced_repro_of_model_stages_is_identical(clean, work):
     """train (CPU, fixed seed), score and evaluate forced again: identical dvc.lock md5s and metrics."""
     _, ref = clean
     out = T.dvc(["repro", "--force", "--downstream", "train"], work, timeout=400)
-    assert ran(out) == set(MODEL_STAGES), out[-3000:]
+    assert T.ran_stages(out) == set(MODEL_STAGES), out[-3000:]
     assert T.out_md5s(work, ALL_STAGES) == ref["md5"]
     assert texts(work) == ref["metrics"]
     assert_up_to_date(work)
@@ -110,7 +105,7 @@ def test_sigkill_during_stamps_leaves_nothing_complete_and_rerun_matches(clean, 
     # running the stage again (over the killed run's leftovers; a plain `dvc repro stamps` would
     # restore the recorded outputs from the cache, see the training case) gives the same bytes
     out = T.dvc(["repro", "--force", "--single-item", "stamps"], work, timeout=400)
-    assert ran(out) == {"stamps"}, out[-3000:]
+    assert T.ran_stages(out) == {"stamps"}, out[-3000:]
     assert "had been killed. Auto removed it from the lock file" in out, out[-3000:]  # DVC cleared its locks
     assert T.out_md5s(work, ALL_STAGES) == ref["md5"]
     assert (work / "metrics/stamps.json").read_text() == ref["metrics"]["metrics/stamps.json"]
@@ -142,10 +137,10 @@ def test_sigkill_during_training_then_rerun_matches(clean, work, tmp_path):
     # find the same model bytes and have nothing to do)
     out = T.dvc(["repro", "evaluate"], work, timeout=400)
     assert "had been killed. Auto removed it from the lock file" in out, out[-3000:]
-    if "train" not in ran(out):  # DVC may restore the recorded outputs from its cache instead
+    if "train" not in T.ran_stages(out):  # DVC may restore the recorded outputs from its cache instead
         assert "Stage 'train' is cached - skipping run, checking out outputs" in out, out[-3000:]
         out = T.dvc(["repro", "--force", "--single-item", "train"], work, timeout=400)
-    assert ran(out) == {"train"}, out[-3000:]
+    assert T.ran_stages(out) == {"train"}, out[-3000:]
     assert T.out_md5s(work, ALL_STAGES) == ref["md5"]
     assert texts(work) == ref["metrics"]
     assert_up_to_date(work)

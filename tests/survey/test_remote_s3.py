@@ -33,7 +33,7 @@ from botocore.config import Config
 
 from darkhaloscope.remote_check import RemoteError, check_s3_remote, main as remote_check_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 GIT = ["git", "-c", "user.name=dhs-test", "-c", "user.email=dhs-test@example.invalid",
        "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main"]

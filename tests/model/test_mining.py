@@ -5,26 +5,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import _stamps as S
 from darkhaloscope.model.loader import StampDataset, StampIndex, make_loader
 from darkhaloscope.model.preprocess import NormConfig
-from darkhaloscope.stamps.format import write_stamp_file
 from darkhaloscope.model.train import Setup, add_hard_negatives
-
-
-def _write(path, ids, is_control, bricks, seed):
-    rng = np.random.default_rng(seed)
-    n = len(ids)
-    write_stamp_file(path, {"sample_id": np.asarray(ids, np.int64), "is_control": np.asarray(is_control, np.int8),
-                            "cutout_ok": np.ones(n, np.int8), "brickname": np.asarray(bricks, dtype=str)},
-                     rng.normal(size=(n, 3, 64, 64)).astype(np.float32), row_group_size=4)
 
 
 @pytest.fixture()
 def root(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "parent").mkdir()
-    _write(tmp_path / "train" / "part-00000.parquet", range(0, 12), [0, 1] * 6, ["a"] * 6 + ["bad"] * 6, 1)
-    _write(tmp_path / "parent" / "part-00000.parquet", range(100, 110), [1] * 10, ["p"] * 10, 2)
+    S.make_stamp_file(tmp_path / "train" / "part-00000.parquet", sample_ids=0, is_control=[0, 1] * 6,
+                      columns={"brickname": np.array(["a"] * 6 + ["bad"] * 6)}, rng=1, row_group_size=4)
+    S.make_stamp_file(tmp_path / "parent" / "part-00000.parquet", sample_ids=100, is_control=[1] * 10,
+                      columns={"brickname": np.array(["p"] * 10)}, rng=2, row_group_size=4)
     return tmp_path
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+import _stamps as S
 from darkhaloscope.model.loader import DROP_REASONS, StampDataset, StampIndex, make_loader
 from darkhaloscope.model.preprocess import NormConfig, augment, normalize, robust_stats
-from darkhaloscope.stamps.format import list_stamp_files, write_stamp_file
+from darkhaloscope.stamps.format import list_stamp_files
 
 THETA_MIN = 1.0
 SNR_MIN = 5.0
@@ -62,9 +63,8 @@ def _make_split(root, seed: int = 0):
             "psfsize_r": rng.uniform(0.9, 1.8, n),
             "psfdepth_r": rng.uniform(100, 1000, n),
         }
-        write_stamp_file(
-            root / "train" / f"part-{f:05d}.parquet", cols, stamps, ctrl, ROW_GROUP, ctrl_valid=ctrl_valid
-        )
+        S.make_stamp_file(root / "train" / f"part-{f:05d}.parquet", columns=cols, stamps=stamps, ctrl=ctrl,
+                          ctrl_valid=ctrl_valid, row_group_size=ROW_GROUP)
         for i in range(n):
             truth[int(sid[i])] = (str(cat[i]), int(is_ctrl[i]), stamps[i], ctrl[i])
     return list_stamp_files(root, "train"), truth
@@ -136,19 +136,11 @@ def test_index_empty_split_errors(split, tmp_path):
         StampIndex.build([])
     # every row a bad cutout -> no row left
     n = 4
-    p = write_stamp_file(
-        tmp_path / "bad" / "part-00000.parquet",
-        {"sample_id": np.arange(n), "is_control": [0, 1, 0, 1], "cutout_ok": np.zeros(n, np.int8)},
-        np.zeros((n, 3, 64, 64), np.float32),
-    )
+    p = S.make_stamp_file(tmp_path / "bad" / "part-00000.parquet", n, cutout_ok=np.zeros(n), stamps="zeros").path
     with pytest.raises(ValueError, match="no row is left.*cutout_not_ok': 4"):
         StampIndex.build([p])
     # only controls -> no positive left
-    q = write_stamp_file(
-        tmp_path / "ctrl" / "part-00000.parquet",
-        {"sample_id": np.arange(n), "is_control": np.ones(n, np.int8), "cutout_ok": np.ones(n, np.int8)},
-        np.zeros((n, 3, 64, 64), np.float32),
-    )
+    q = S.make_stamp_file(tmp_path / "ctrl" / "part-00000.parquet", n, is_control=np.ones(n), stamps="zeros").path
     with pytest.raises(ValueError, match="no positive"):
         StampIndex.build([q])
 
@@ -156,11 +148,7 @@ def test_index_empty_split_errors(split, tmp_path):
 def test_index_missing_columns(split, tmp_path):
     files, _ = split
     n = 4
-    p = write_stamp_file(
-        tmp_path / "part-00000.parquet",
-        {"sample_id": np.arange(n), "is_control": [0, 1, 0, 1], "cutout_ok": np.ones(n, np.int8)},
-        np.ones((n, 3, 64, 64), np.float32),
-    )
+    p = S.make_stamp_file(tmp_path / "part-00000.parquet", n, stamps="ones").path
     assert StampIndex.build([p]).n_samples == n  # thresholds 0 need no curriculum columns
     with pytest.raises(ValueError, match=r"part-00000\.parquet.*'theta_e_over_psf'"):
         StampIndex.build([p], min_theta_over_psf=0.5)
@@ -412,14 +400,7 @@ def test_augment_same_transform_for_all_channels():
 
 
 def test_loader_augmentation_keeps_paired_halves(tmp_path):
-    rng = np.random.default_rng(2)
-    n = 24
-    s = rng.normal(size=(n, 3, 64, 64)).astype(np.float32)
-    p = write_stamp_file(
-        tmp_path / "part-00000.parquet",
-        {"sample_id": np.arange(n), "is_control": np.arange(n) % 2, "cutout_ok": np.ones(n)},
-        s, s.copy(), 10,
-    )
+    p, _, s, _ = S.make_stamp_file(tmp_path / "part-00000.parquet", 24, rng=2, ctrl="copy", row_group_size=10)
     idx = StampIndex.build([p], require_ctrl=True)
     ds = StampDataset(idx, 8, NormConfig("outer"), input_channels=6, shuffle=True, augment=True, seed=4)
     moved = 0
@@ -505,7 +486,8 @@ def test_legacy_list_layout_loads_identically(tmp_path):
     valid = np.ones(n, bool)
     valid[7] = False
     cols = {"sample_id": np.arange(n), "is_control": np.arange(n) % 2, "cutout_ok": np.ones(n, np.int8)}
-    new = write_stamp_file(tmp_path / "new" / "part-00000.parquet", cols, s, c, 8, ctrl_valid=valid)
+    new = S.make_stamp_file(tmp_path / "new" / "part-00000.parquet", columns=cols, stamps=s, ctrl=c, ctrl_valid=valid,
+                            row_group_size=8).path
 
     def lst(a, mask=None):
         return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), type=legacy_stamp_arrow_type(), mask=mask)

@@ -278,11 +278,11 @@ def test_metadata_model_scores_rows_without_metadata_with_training_means(tmp_pat
     import numpy as np
     import torch
 
+    import _stamps as S
     from darkhaloscope.model.checkpoint import save_checkpoint
     from darkhaloscope.model.preprocess import NormConfig
     from darkhaloscope.model.nets import MetaScaler, build_model
     from darkhaloscope.model.score import score_files, score_known_files
-    from darkhaloscope.stamps.format import write_stamp_file
 
     cols = ["psfsize_r", "psfdepth_r"]
     torch.manual_seed(0)
@@ -294,9 +294,8 @@ def test_metadata_model_scores_rows_without_metadata_with_training_means(tmp_pat
     rng = np.random.default_rng(0)
     stamps = rng.normal(size=(3, 3, 64, 64)).astype(np.float32)
     f = str(tmp_path / "known" / "part-00000.parquet")
-    write_stamp_file(f, {"sample_id": np.arange(3, dtype=np.int64), "is_control": np.zeros(3, np.int8),
-                         "cutout_ok": np.ones(3, np.int8), "psfsize_r": [np.nan, 1.5, np.nan],
-                         "psfdepth_r": [np.nan, 500.0, 700.0]}, stamps)
+    S.make_stamp_file(f, is_control=np.zeros(3), stamps=stamps,
+                      columns={"psfsize_r": [np.nan, 1.5, np.nan], "psfdepth_r": [np.nan, 500.0, 700.0]})
     # default: rows with missing metadata are dropped (an error when none is left, as for the known lenses)
     with pytest.raises(ValueError, match="no row is left"):
         score_files(ckpt, [str(_only_nan(tmp_path, stamps))])
@@ -306,9 +305,8 @@ def test_metadata_model_scores_rows_without_metadata_with_training_means(tmp_pat
     assert table.column("sample_id").to_pylist() == [0, 1, 2] and summary["meta_imputed"] == 2
     # the imputed rows are scored exactly as with the training means written in
     g = str(tmp_path / "filled" / "part-00000.parquet")
-    write_stamp_file(g, {"sample_id": np.arange(3, dtype=np.int64), "is_control": np.zeros(3, np.int8),
-                         "cutout_ok": np.ones(3, np.int8), "psfsize_r": [1.3, 1.5, 1.3],
-                         "psfdepth_r": [600.0, 500.0, 700.0]}, stamps)
+    S.make_stamp_file(g, is_control=np.zeros(3), stamps=stamps,
+                      columns={"psfsize_r": [1.3, 1.5, 1.3], "psfdepth_r": [600.0, 500.0, 700.0]})
     filled, _ = score_files(ckpt, [g])
     assert table.column("logit").to_pylist() == filled.column("logit").to_pylist()
 
@@ -316,12 +314,11 @@ def test_metadata_model_scores_rows_without_metadata_with_training_means(tmp_pat
 def _only_nan(tmp_path, stamps):
     import numpy as np
 
-    from darkhaloscope.stamps.format import write_stamp_file
+    import _stamps as S
 
     f = tmp_path / "nan" / "part-00000.parquet"
-    write_stamp_file(f, {"sample_id": np.arange(3, dtype=np.int64), "is_control": np.zeros(3, np.int8),
-                         "cutout_ok": np.ones(3, np.int8), "psfsize_r": np.full(3, np.nan),
-                         "psfdepth_r": np.full(3, np.nan)}, stamps)
+    S.make_stamp_file(f, is_control=np.zeros(3), stamps=stamps,
+                      columns={"psfsize_r": np.full(3, np.nan), "psfdepth_r": np.full(3, np.nan)})
     return f
 
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import darkhaloscope.model.score as score_mod
+import _stamps as S
 import darkhaloscope.model.train as train_mod
 from darkhaloscope.model.checkpoint import load_checkpoint, model_from_checkpoint
 from darkhaloscope.model.preprocess import NormConfig, normalize
@@ -27,10 +27,11 @@ from darkhaloscope.model.nets import ARCHS, build_model
 from darkhaloscope.outputs import write_json
 from darkhaloscope.params import ParamsError, load_params, validate
 from darkhaloscope.model.score import STRATA, score_files
-from darkhaloscope.stamps.format import list_stamp_files, stamps_from_arrow, write_stamp_file
+from darkhaloscope.stamps.format import list_stamp_files, stamps_from_arrow
 from darkhaloscope.model.train import COLLAPSE_FRAC, Setup, evaluate_scores, fit_stage, train
 
-PARAMS_YAML = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "params.yaml")
+pytestmark = pytest.mark.usefixtures("cpu_only")  # CPU float32 (tests/conftest.py): the equalities below are exact
+PARAMS_YAML = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "params.yaml")
 N_TRAIN, N_VAL = 96, 64
 FPR_KEYS = ("tpr@fpr1e-5", "tpr@fpr1e-4", "tpr@fpr1e-3", "tpr@fpr1e-2")
 TPR_KEYS = ("fpr@tpr0.5", "fpr@tpr0.7", "fpr@tpr0.8", "fpr@tpr0.85", "fpr@tpr0.9", "fpr@tpr0.95",
@@ -43,13 +44,7 @@ TPR_KEYS = ("fpr@tpr0.5", "fpr@tpr0.7", "fpr@tpr0.8", "fpr@tpr0.85", "fpr@tpr0.9
 def _split(n: int, sid0: int, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
     is_ctrl = (np.arange(n) % 2).astype(np.int8)  # alternate: half positives, half controls
     pos = is_ctrl == 0
-    stamps = rng.normal(0.0, 1.0, (n, 3, 64, 64)).astype(np.float32)
-    yy, xx = np.mgrid[0:64, 0:64]
-    rr = np.hypot(yy - 32, xx - 32)
-    for i in np.flatnonzero(pos):
-        radius = rng.uniform(4.0, 9.0)
-        ring = 6.0 * np.exp(-0.5 * ((rr - radius) / 1.0) ** 2)
-        stamps[i] += ring[None].astype(np.float32) * np.array([0.6, 1.0, 0.8], np.float32)[:, None, None]
+    stamps = S.ring_stamps(is_ctrl, rng, amp=6.0, colour=S.RING_COLOUR)
     theta = np.where(pos, rng.uniform(0.3, 2.0, n), 0.0)
     cols = {
         "sample_id": np.arange(sid0, sid0 + n, dtype=np.int64),
@@ -72,16 +67,8 @@ def stamps_root(tmp_path_factory):
     rng = np.random.default_rng(1234)
     for split, n, sid0 in (("train", N_TRAIN, 1000), ("val", N_VAL, 5000)):
         cols, stamps = _split(n, sid0, rng)
-        write_stamp_file(root / split / "part-00000.parquet", cols, stamps, row_group_size=32)
+        S.make_stamp_file(root / split / "part-00000.parquet", columns=cols, stamps=stamps, row_group_size=32)
     return str(root)
-
-
-@pytest.fixture(autouse=True)
-def cpu_only(monkeypatch):
-    """Force CPU float32 even on a CUDA machine: the equalities below are exact."""
-    cpu = lambda: (torch.device("cpu"), None)  # noqa: E731
-    monkeypatch.setattr(train_mod, "device_and_amp", cpu)
-    monkeypatch.setattr(score_mod, "device_and_amp", cpu)
 
 
 @pytest.fixture(scope="module")

@@ -438,7 +438,7 @@ def test_training_and_scoring_accept_the_seeds_layout(seeds, tmp_path, monkeypat
     monkeypatch.setattr(train_mod, "device_and_amp", cpu)
     monkeypatch.setattr(score_mod, "device_and_amp", cpu)
     root, truth = seeds
-    p = copy.deepcopy(load_params(os.path.join(os.path.dirname(os.path.dirname(__file__)), "params.yaml")))
+    p = copy.deepcopy(load_params(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "params.yaml")))
     p["loss"] = "bce"
     p["train"].update(arch="small_cnn", width=8, batch_size=8, num_workers=0, meta_cols=["psfsize_r"],
                       monitor="auroc", curriculum=[{"name": "main", "epochs": 1, "lr": 1e-3,

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
+import _stamps as S
 import _tinyrepo as T
 from darkhaloscope.model.checkpoint import load_checkpoint
 from darkhaloscope.params import load_params, validate
-from darkhaloscope.stamps.format import write_stamp_file
 
 pytestmark = pytest.mark.slow
 
@@ -88,11 +88,7 @@ DRIVER = textwrap.dedent('''
 def _split(n: int, sid0: int, rng: np.random.Generator, bad=()) -> tuple[dict, np.ndarray]:
     is_ctrl = (np.arange(n) % 2).astype(np.int8)
     pos = is_ctrl == 0
-    stamps = rng.normal(0.0, 1.0, (n, 3, 64, 64)).astype(np.float32)
-    rr = np.hypot(*(np.mgrid[0:64, 0:64] - 32))
-    for i in np.flatnonzero(pos):
-        ring = 6.0 * np.exp(-0.5 * ((rr - rng.uniform(4.0, 9.0)) / 1.0) ** 2)
-        stamps[i] += ring[None].astype(np.float32) * np.array([0.6, 1.0, 0.8], np.float32)[:, None, None]
+    stamps = S.ring_stamps(is_ctrl, rng, amp=6.0, colour=S.RING_COLOUR)
     ok = np.ones(n, np.int8)
     ok[list(bad)] = 0
     cols = {
@@ -111,10 +107,10 @@ def ddp_run(tmp_path_factory):
     root = tmp / "stamps"
     rng = np.random.default_rng(77)
     cols, stamps = _split(N_TRAIN, 1000, rng, BAD_ROWS)
-    write_stamp_file(root / "train" / "part-00000.parquet", cols, stamps, row_group_size=ROW_GROUP)
+    S.make_stamp_file(root / "train" / "part-00000.parquet", columns=cols, stamps=stamps, row_group_size=ROW_GROUP)
     kept = cols["sample_id"][cols["cutout_ok"] == 1]
     cols, stamps = _split(N_VAL, 9000, rng)
-    write_stamp_file(root / "val" / "part-00000.parquet", cols, stamps, row_group_size=ROW_GROUP)
+    S.make_stamp_file(root / "val" / "part-00000.parquet", columns=cols, stamps=stamps, row_group_size=ROW_GROUP)
 
     p = copy.deepcopy(load_params(T.REPO / "params.yaml"))
     p["loss"] = "bce"

@@ -10,75 +10,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+import _tinyrepo as T
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 MODEL_STAGES = {"train", "score", "evaluate"}
-GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false",
-       "-c", "init.defaultBranch=main"]
 FPR_NAMES = ("tpr@fpr1e-5", "tpr@fpr1e-4", "tpr@fpr1e-3", "tpr@fpr1e-2")
 TPR_NAMES = ("fpr@tpr0.5", "fpr@tpr0.7", "fpr@tpr0.8", "fpr@tpr0.85", "fpr@tpr0.9", "fpr@tpr0.95",
              "fpr@tpr0.99")
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    for k in ("DHS_PARAMS", "DHS_RESUME", "PYTHONPATH", "SPARK_HOME", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(k, None)
-    env["CUDA_VISIBLE_DEVICES"] = ""  # CPU float32, as in the unit tests
-    return env
-
-
-def run(cmd, cwd, timeout=300) -> str:
-    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, f"{cmd} failed ({res.returncode}):\n{out[-6000:]}"
-    return out
-
-
-def dvc(args, cwd, timeout=300) -> str:
-    return run([str(VENV_BIN / "dvc"), *args], cwd, timeout)
-
-
-def tiny_params() -> dict:
-    with open(REPO / "params.yaml") as f:
-        p = yaml.safe_load(f)
-    p["survey"]["mock"].update(n_bricks_ra=2, n_bricks_dec=2, brick_size_pix=300, n_lrg_per_brick=40,
-                               n_blue_per_brick=10, n_star_per_brick=5, n_known_lenses=2)
-    # ~0.4 arcmin sky regions: the 4 tiny bricks (~1.3 arcmin each) then hold ~30 regions, so the
-    # region split leaves galaxies in val and test (with nside 64 each brick is one region)
-    p["selection"]["split"]["nside"] = 8192
-    p["manifest"]["replicates"] = 2
-    p["inject"]["files_per_split"] = 1
-    p["spark"]["master"] = "local[2]"
-    p["train"].update(width=8, batch_size=32, patience=5)
-    p["train"]["curriculum"] = [{"name": "main", "epochs": 2, "lr": 1.0e-3, "min_theta_over_psf": 0.0,
-                                 "min_arc_snr": 0.0}]
-    return p
-
-
-def ran_stages(out: str) -> set:
-    return set(re.findall(r"Running stage '([^']+)'", out))
-
-
-def lock(work: Path) -> dict:
-    return yaml.safe_load((work / "dvc.lock").read_text())["stages"]
-
-
-def out_md5s(work: Path, stage: str) -> dict:
-    return {o["path"]: o["md5"] for o in lock(work)[stage].get("outs", [])}
 
 
 def strict_json(path: Path):
@@ -90,33 +35,20 @@ def strict_json(path: Path):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    work = tmp_path_factory.mktemp("e2e_full") / "repo"
-    work.mkdir()
-    listed = []
-    for args in (["ls-files", "-z"], ["ls-files", "-z", "--others", "--exclude-standard"]):
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, check=True).stdout
-        listed += [f for f in out.decode().split("\0") if f]
-    for rel in sorted(set(listed)) + [".dvc/config"]:
-        src = REPO / rel
-        if src.is_file():  # a tracked file deleted in the working tree is skipped
-            (work / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, work / rel)
+    # tiny_params: 2x2 bricks of 300 px and ~0.4 arcmin sky regions (nside 8192), so the region split
+    # leaves galaxies in val and test; a 2-epoch training
+    work = T.make_repo(tmp_path_factory.mktemp("e2e_full") / "repo", T.tiny_params(epochs=2, patience=5))
     assert not (work / "data" / "stamps").exists()  # outputs never travel, only sources
-    with open(work / "params.yaml", "w") as f:
-        yaml.safe_dump(tiny_params(), f, sort_keys=False)
-    run(GIT + ["init", "-q"], work)
-    run(GIT + ["add", "-A"], work)
-    run(GIT + ["commit", "-q", "-m", "tiny e2e copy"], work)
-    out = dvc(["repro", "evaluate"], work, timeout=420)
+    out = T.dvc(["repro", "evaluate"], work, timeout=420)
     return work, out
 
 
 def test_repro_runs_every_stage_through_evaluate(pipeline):
     work, out = pipeline
-    ran = ran_stages(out)
+    ran = T.ran_stages(out)
     for stage in ("survey", "parent", "manifest", "coadds", "stamps", *MODEL_STAGES):
         assert stage in ran, out[-3000:]
-    assert set(lock(work)) >= ran
+    assert set(T.lock(work)) >= ran
     for name in ("best.pt", "main/best.pt", "main/last.pt"):
         assert (work / "data/model" / name).is_file(), name
     for split in ("val", "test", "known"):
@@ -176,11 +108,11 @@ def test_roc_plot_points(pipeline):
 
 def test_dvc_metrics_and_plots_show(pipeline, tmp_path):
     work, _ = pipeline
-    shown = json.loads(dvc(["metrics", "show", "--json"], work))
+    shown = json.loads(T.dvc(["metrics", "show", "--json"], work))
     assert "metrics/eval.json" in json.dumps(shown)
     assert "auroc" in json.dumps(shown)
     out_dir = tmp_path / "plots"
-    dvc(["plots", "show", "-o", str(out_dir)], work, timeout=120)
+    T.dvc(["plots", "show", "-o", str(out_dir)], work, timeout=120)
     html = out_dir / "index.html"
     assert html.is_file() and html.stat().st_size > 1000
     assert "roc.json" in html.read_text()
@@ -188,22 +120,22 @@ def test_dvc_metrics_and_plots_show(pipeline, tmp_path):
 
 def test_exp_run_focal_reruns_only_the_model_stages(pipeline):
     work, _ = pipeline
-    run(GIT + ["add", "-A"], work)
-    run(GIT + ["commit", "-q", "-m", "baseline outputs"], work)
-    before = lock(work)
+    T.run(T.GIT + ["add", "-A"], work)
+    T.run(T.GIT + ["commit", "-q", "-m", "baseline outputs"], work)
+    before = T.lock(work)
     data_stages = [s for s in before if s not in MODEL_STAGES]
     assert {"survey", "parent", "manifest", "coadds", "stamps"} <= set(data_stages)
-    md5_before = {s: out_md5s(work, s) for s in data_stages}
-    out = dvc(["exp", "run", "-S", "loss=focal"], work, timeout=420)
+    md5_before = T.out_md5s(work, data_stages)
+    out = T.dvc(["exp", "run", "-S", "loss=focal"], work, timeout=420)
     # (c) the data stages were not re-run; the three model stages were
-    assert ran_stages(out) & set(before) == MODEL_STAGES, out[-3000:]
+    assert T.ran_stages(out) & set(before) == MODEL_STAGES, out[-3000:]
     for s in data_stages:
         assert f"Stage '{s}' didn't change, skipping" in out, s
-        assert out_md5s(work, s) == md5_before[s], s
-    assert lock(work)["train"]["params"]["params.yaml"]["loss"] == "focal"
+        assert T.out_md5s(work, [s])[s] == md5_before[s], s
+    assert T.lock(work)["train"]["params"]["params.yaml"]["loss"] == "focal"
     assert yaml.safe_load((work / "params.yaml").read_text())["loss"] == "focal"
     # (b) the experiment is listed, (d) with loss=focal, against the bce baseline
-    shown = json.loads(dvc(["exp", "show", "--json"], work))
+    shown = json.loads(T.dvc(["exp", "show", "--json"], work))
     exps = _experiments(shown)
     assert exps, json.dumps(shown)[:3000]
     losses = {e["name"]: e["loss"] for e in exps}
@@ -249,6 +181,7 @@ def test_spark_workers_import_this_checkout(pipeline):
         "print('WORKER', s.sparkContext.parallelize([0], 1).map(f).collect()[0])\n"
         "s.stop()\n"
     )
-    out = run([sys.executable, "-c", script], work, timeout=180)
+    res = T.run([sys.executable, "-c", script], work, timeout=180)
+    out = res.stdout + res.stderr
     line = next(ln for ln in out.splitlines() if ln.startswith("WORKER "))
     assert Path(line.split(" ", 1)[1]).resolve().is_relative_to(work.resolve()), line

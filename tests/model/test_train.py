@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -451,3 +452,65 @@ def test_collapse_warning_is_logged_during_training(stamps_root, base_params, tm
         res = fit_stage(setup, setup.curriculum[0], stamps_root, str(tmp_path / "r"), None, progress=False)
     assert res["history"][0]["calibration_collapse_warning"] is True
     assert "calibration collapse" in caplog.text
+
+
+def test_resume_refuses_a_checkpoint_made_on_other_data(stamps_root, base_params, tmp_path, monkeypatch, caplog):
+    """A last.pt written on one stamp set is never continued on another (issue: the stage resumed
+    the old model after the stamp set was switched); the log says why, the run equals a fresh one."""
+    p = make_params(base_params, epochs=2)
+    setup = Setup.from_params(p)
+    stage = setup.curriculum[0]
+    other = tmp_path / "other_stamps"
+    shutil.copytree(stamps_root, other)
+    cols, stamps = _split(N_VAL, 5000, np.random.default_rng(99))  # same ids, other pixels and labels
+    S.make_stamp_file(other / "val" / "part-00000.parquet", columns=cols, stamps=stamps, row_group_size=32)
+
+    out = str(tmp_path / "run")
+    real_save = train_mod.save_checkpoint
+
+    def die_after_first_epoch(path, model, extra):
+        real_save(path, model, extra)
+        if os.path.basename(path) == "last.pt":
+            raise Killed("simulated kill after epoch 0")
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", die_after_first_epoch)
+    with pytest.raises(Killed):
+        fit_stage(setup, stage, stamps_root, out, None, resume=True, progress=False)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    assert load_checkpoint(os.path.join(out, "last.pt"))["train_state"]["epoch"] == 1
+
+    with caplog.at_level("INFO", logger=train_mod.__name__):
+        res = fit_stage(setup, stage, str(other), out, None, resume=True, progress=False)
+    assert "trained on other data" in caplog.text and "resumed stage" not in caplog.text
+    assert [r["epoch"] for r in res["history"]] == [0, 1]
+    fresh = fit_stage(setup, stage, str(other), str(tmp_path / "fresh"), None, resume=True, progress=False)
+    assert res["history"] == fresh["history"]
+    assert_states_equal(state_of(os.path.join(out, "best.pt")), state_of(os.path.join(tmp_path, "fresh", "best.pt")))
+
+    # the same data again: the finished run is picked up (a no-op), so the check is not "never resume"
+    caplog.clear()
+    with caplog.at_level("INFO", logger=train_mod.__name__):
+        again = fit_stage(setup, stage, str(other), out, None, resume=True, progress=False)
+    assert "resumed stage main" in caplog.text and again["history"] == res["history"]
+
+
+def test_fingerprint_covers_settings_data_and_the_starting_checkpoint(stamps_root, base_params, tmp_path):
+    setup = Setup.from_params(make_params(base_params, epochs=2))
+    stage = setup.curriculum[0]
+    files = [os.path.join(stamps_root, s, "part-00000.parquet") for s in ("train", "val")]
+    fp = train_mod.run_fingerprint(setup, stage, None, files)
+    assert train_mod.resume_mismatch(fp, fp) is None
+    assert "older version" in train_mod.resume_mismatch("a:b:c", fp)
+    assert "other data" in train_mod.resume_mismatch(fp, train_mod.run_fingerprint(setup, stage, None, files[:1]))
+    seeded = Setup.from_params(make_params(base_params, epochs=2, seed=6))
+    assert "other settings" in train_mod.resume_mismatch(fp, train_mod.run_fingerprint(seeded, stage, None, files))
+    ck = tmp_path / "a.pt"
+    ck.write_bytes(b"one")
+    fa = train_mod.run_fingerprint(setup, stage, str(ck), files)
+    ck.write_bytes(b"two")
+    assert "other settings" in train_mod.resume_mismatch(fa, train_mod.run_fingerprint(setup, stage, str(ck), files))
+    # moving the stamp set keeps its identity
+    moved = tmp_path / "moved"
+    shutil.copytree(stamps_root, moved)
+    mfiles = [str(moved / s / "part-00000.parquet") for s in ("train", "val")]
+    assert train_mod.run_fingerprint(setup, stage, None, mfiles) == fp

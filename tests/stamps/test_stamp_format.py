@@ -360,3 +360,19 @@ def test_stamp_file_zero_copy_and_fallbacks(tmp_path):
     mm.write(bytes(raw))
     assert sf._stamp_page_view(mm, cc, 3, 49152) is not None
     assert sf._stamp_page_view(mm, cc, 3, 6 * 64 * 64 * 4) is None  # wrong width
+
+
+def test_files_fingerprint_identity_and_errors(tmp_path):
+    import _stamps as S
+
+    a = S.make_stamp_file(tmp_path / "train" / "part-00000.parquet", 8, rng=1).path
+    fp = sf.files_fingerprint([a])
+    assert fp == sf.files_fingerprint([a]) and len(fp) == 64
+    S.make_stamp_file(tmp_path / "train" / "part-00000.parquet", 8, rng=1, sample_ids=100)
+    assert sf.files_fingerprint([a]) != fp  # other rows, same pixels
+    with open(a, "r+b") as fh:  # truncated: the footer is gone
+        fh.truncate(100)
+    with pytest.raises(ValueError, match="part-00000.parquet"):
+        sf.files_fingerprint([a])
+    with pytest.raises(FileNotFoundError, match="missing.parquet"):
+        sf.files_fingerprint([str(tmp_path / "missing.parquet")])

@@ -34,7 +34,7 @@ from darkhaloscope.model.nets import MetaScaler, build_model, check_meta_cols
 from darkhaloscope.model.preprocess import NormConfig
 from darkhaloscope.params import ParamsError
 from darkhaloscope.stamps.seeds import resolve_stamp_root
-from darkhaloscope.stamps.format import list_stamp_files
+from darkhaloscope.stamps.format import files_fingerprint, list_stamp_files
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,29 @@ def add_hard_negatives(index, setup: Setup, stamps_root: str, hard_negatives: st
     return index.with_extra(hn, setup.hard_negative_repeat), hn.n_samples
 
 
+def run_fingerprint(setup: Setup, stage: dict, init_from: str | None, files) -> dict:
+    """What a checkpoint may only be resumed with: the settings (every train param, the stage, the
+    bytes of the checkpoint it started from) and the data (the stamp files' identity, see
+    :func:`darkhaloscope.stamps.format.files_fingerprint`: train, val and hard-negative files)."""
+    start = "scratch"
+    if init_from:
+        with open(init_from, "rb") as fh:
+            start = hashlib.sha256(fh.read()).hexdigest()[:16]
+    settings = setup.fingerprint() + ":" + json.dumps(stage, sort_keys=True) + ":" + start
+    return {"settings": settings, "data": files_fingerprint(files)[:16]}
+
+
+def resume_mismatch(saved, current: dict) -> str | None:
+    """None when a checkpoint with fingerprint ``saved`` may be resumed, else the reason why not."""
+    if not isinstance(saved, dict):
+        return "it was written by an older version (no data fingerprint)"
+    if saved.get("data") != current["data"]:
+        return "it was trained on other data (the train/val/hard-negative stamp files differ)"
+    if saved.get("settings") != current["settings"]:
+        return "it was trained with other settings (train params, curriculum stage or starting checkpoint)"
+    return None
+
+
 def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_from: str | None,
               resume: bool = True, progress: bool = True, hard_negatives: str | None = None) -> dict:
     """Train one curriculum stage into ``out_dir`` (best.pt, last.pt, history.json); return its summary."""
@@ -223,12 +246,14 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
     train_loader = make_loader(train_ds, setup.num_workers, persistent_workers=setup.num_workers > 0)
     val_loader = make_loader(val_ds, 0)
 
-    fp = setup.fingerprint() + ":" + json.dumps(stage, sort_keys=True) + f":{init_from is not None}"
+    fp = run_fingerprint(setup, stage, init_from,
+                         tr_index.files + va_index.files + ([hard_negatives] if n_hard else []))
     state = {"epoch": 0, "best": None, "best_epoch": -1, "bad_epochs": 0, "history": [], "stopped_early": False}
     last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
     if resume and os.path.exists(last_path):
         ck = load_checkpoint(last_path)
-        if ck.get("fingerprint") == fp and os.path.exists(best_path):
+        why = resume_mismatch(ck.get("fingerprint"), fp)
+        if why is None and os.path.exists(best_path):
             core.load_state_dict(ck["model_state"])
             opt.load_state_dict(ck["optimizer_state"])
             sched.load_state_dict(ck["scheduler_state"])
@@ -236,7 +261,8 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
             state = ck["train_state"]
             log.info("resumed stage %s from %s at epoch %d", stage["name"], last_path, state["epoch"])
         else:
-            log.info("ignoring %s: it belongs to a different configuration", last_path)
+            log.info("not resuming stage %s from %s: %s; training from the start", stage["name"], last_path,
+                     why or f"{best_path} is missing")
 
     # the checkpoint carries the preprocessing recipe the datasets use (scoring reads it back)
     extra = {**train_ds.pre.to_dict(), "stage": stage["name"], "fingerprint": fp, "index_train": tr_index.summary(),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import signal
 import sys
 from typing import Callable
 
@@ -95,8 +96,34 @@ def error_message(exc: BaseException) -> str:
     return str(msg)
 
 
+def stop_with_parent(name: str) -> None:
+    """End this stage when the process that started it (``dvc repro``) ends or is killed, and turn
+    SIGTERM into an ordinary exit, so outputs being written are cleaned up (atomic_dir, atomic_file)
+    instead of a stage going on alone and writing into ``data/`` beside the next ``dvc repro``.
+
+    Linux: prctl(PR_SET_PDEATHSIG, SIGTERM). Elsewhere only the SIGTERM handler is installed.
+    """
+    def on_term(signum, frame):
+        logging.shutdown()
+        sys.exit(f"[{name}] stopped by signal {signum} (its parent process ended or it was terminated)")
+
+    signal.signal(signal.SIGTERM, on_term)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        parent = os.getppid()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+        if os.getppid() != parent:  # the parent ended before the request took effect
+            on_term(signal.SIGTERM, None)
+
+
 def run(name: str, main: Callable[[dict], object]) -> None:
-    """``main(setup(name))``; the project's own errors exit 1 with ``[name] <message>``."""
+    """``main(setup(name))``; the project's own errors exit 1 with ``[name] <message>``.
+
+    The stage stops when its parent process ends (see :func:`stop_with_parent`).
+    """
+    stop_with_parent(name)
     params = setup(name)
     try:
         main(params)

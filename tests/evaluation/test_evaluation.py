@@ -200,3 +200,18 @@ def test_grad_cam_on_a_real_small_cnn():
     assert cams.shape == (3, 64, 64) and np.isfinite(cams).all()
     assert cams.min() >= 0.0 and cams.max() <= 1.0
     assert not model.training  # grad_cam puts the model in eval mode (BatchNorm running stats untouched)
+
+
+def test_a_stamp_set_without_known_lenses_scores_and_reports_known_n_0(tmp_path):
+    """No known/ directory (the seeds' data) or an empty one: an empty score table, known_n 0."""
+    import _stamps as S
+    from darkhaloscope.model.score import score_known_files
+
+    table, summary = score_known_files("never-read.pt", [])
+    assert table.num_rows == 0 and summary["kept"] == 0
+    assert set(table.column_names) == {"sample_id", "label", "logit", "score"}
+    empty = S.make_stamp_file(tmp_path / "known" / "part-00000.parquet", 0).path
+    table, summary = score_known_files("never-read.pt", [empty])
+    assert table.num_rows == 0 and summary["n_files"] == 1
+    rec = E.known_lens_recall(table, {"fpr1e-3": 0.5})
+    assert rec["known_n"] == 0 and rec["known_recall@fpr1e-3"] is None

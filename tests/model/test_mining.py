@@ -60,3 +60,16 @@ def test_no_hard_negatives_file_is_a_no_op(root, tmp_path):
     base = StampIndex.build([str(root / "train" / "part-00000.parquet")])
     idx, n = add_hard_negatives(base, _setup(2), str(root), str(tmp_path / "missing.parquet"))
     assert n == 0 and idx is base
+
+
+def test_exclude_bricks_naming_no_brick_warns_and_is_reported(root, caplog):
+    f = [str(root / "train" / "part-00000.parquet")]
+    with caplog.at_level("WARNING", logger="darkhaloscope.model.loader"):
+        idx = StampIndex.build(f, exclude_bricks=("bad", "1500p05"))
+    assert idx.counts["excluded_brick"] == 6  # the real one still excludes
+    assert "1500p05" in caplog.text and "exclude nothing" in caplog.text and "bad'" not in caplog.text
+    assert idx.summary()["exclude_bricks_unmatched"] == ["1500p05"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="darkhaloscope.model.loader"):
+        ok = StampIndex.build(f, exclude_bricks=("bad",))
+    assert caplog.text == "" and "exclude_bricks_unmatched" not in ok.summary()

@@ -454,3 +454,17 @@ def test_plots_diff_between_generations(gen_runs, tmp_path):
     assert html.is_file() and html.stat().st_size > 1000
     text = html.read_text()
     assert "gen2" in text and "gen3" in text
+
+
+def test_gen_sh_restores_params_when_the_run_fails(tmp_path):
+    """The overlay is applied, then `dvc repro` fails (here: not a DVC repository): params.yaml is
+    restored, so the retry is not refused as a dirty work tree."""
+    work = _git_repo(tmp_path / "r")
+    shutil.copytree(REPO / "gens", work / "gens")
+    params_before = (work / "params.yaml").read_text()
+    res = _gen_sh(work)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "restored to HEAD" in res.stderr
+    assert (work / "params.yaml").read_text() == params_before
+    assert T.run(["git", "status", "--porcelain", "--untracked-files=no"], work).stdout == ""
+    assert T.run(["git", "tag"], work).stdout.strip() == ""

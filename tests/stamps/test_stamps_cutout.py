@@ -361,3 +361,16 @@ def test_output_files_and_gallery_ids():
     rows = [{"sample_id": s, "split": sp, "is_control": c}
             for s, sp, c in ((9, "train", 0), (3, "train", 1), (5, "val", 0), (7, "train", 0), (8, "train", 0))]
     assert gallery_ids(rows, 2) == frozenset({7, 8})
+
+
+def test_failed_stamps_are_warned_about_with_their_first_reasons():
+    from darkhaloscope.stamps.spark import failure_warnings
+
+    ok = {"split": "train", "rows": 10, "fail_reasons": {"off_brick_edge": 2}, "nonfinite_stamps": 0,
+          "first_failures": []}
+    assert failure_warnings([ok]) == []  # stamps over the brick edge are expected
+    bad = {"split": "val", "rows": 8, "fail_reasons": {"coadd_error": 5, "off_brick_edge": 1}, "nonfinite_stamps": 2,
+           "first_failures": ["coadd_error: x.fits.fz: not a FITS file"]}
+    (line,) = failure_warnings([ok, bad])
+    assert line.startswith("WARN split val: 5 of 8 stamps failed") and "2 have non-finite" in line
+    assert "x.fits.fz: not a FITS file" in line

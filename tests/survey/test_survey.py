@@ -377,3 +377,12 @@ def test_mock_sweeps_readable_and_split_by_5deg_boxes(mock_survey):
     # PSFSIZE_Z is 0 on exactly psfsize_zero_bricks = 1 brick
     zero = {b for b, s in zip(cat["BRICKNAME"], cat["PSFSIZE_Z"]) if s == 0}
     assert len(zero) == 1
+
+
+@pytest.mark.parametrize("ra, dec", [(400.0, 1.0), (-1.0, 1.0), (10.0, 91.0), (np.nan, 0.0)])
+def test_known_lens_coordinates_out_of_range_name_the_file(tmp_path, ra, dec):
+    path = tmp_path / "known.fits"
+    fits.BinTableHDU.from_columns([fits.Column("RA", "D", array=np.array([150.0, ra])),
+                                   fits.Column("DEC", "D", array=np.array([0.5, dec]))]).writeto(path)
+    with pytest.raises(SurveyError, match=r"known.fits: 1 of 2 known lenses .*RA must be in \[0, 360\)"):
+        read_known_lenses(str(tmp_path), "known.fits")

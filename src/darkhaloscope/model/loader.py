@@ -21,6 +21,7 @@ Stamps are float32 nanomaggies, (3, 64, 64) pixels per row (bands g, r, z).
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ from darkhaloscope.stamps.format import (
     STAMP_SIZE,
     StampFile,
 )
+
+log = logging.getLogger(__name__)
 
 DROP_REASONS: tuple[str, ...] = (
     "cutout_not_ok",
@@ -101,6 +104,7 @@ class StampIndex:
     require_ctrl: bool = False
     meta_cols: tuple[str, ...] = ()
     row_group_starts: list[np.ndarray] = field(default_factory=list)  # per file
+    unmatched_excludes: tuple[str, ...] = ()  # exclude_bricks entries no row lies on (warned about)
 
     @property
     def n_samples(self) -> int:
@@ -131,7 +135,7 @@ class StampIndex:
             "kept_negative": self.n_negative,
             "dropped": dict(self.counts),
             "filters": self.filters(),
-        }
+        } | ({"exclude_bricks_unmatched": list(self.unmatched_excludes)} if self.unmatched_excludes else {})
 
     @classmethod
     def build(
@@ -190,6 +194,7 @@ class StampIndex:
         labs: list[np.ndarray] = []
         rg_starts: list[np.ndarray] = []
         n_read = 0
+        seen_bricks: set[str] = set()
         meta_required = [c for c in required if c not in STAMP_COLUMNS]
         for fi, path in enumerate(files):
             sf = StampFile(path)
@@ -218,6 +223,7 @@ class StampIndex:
                 counts["cutout_not_ok"] += int((~ok & considered).sum())
                 if exclude_bricks:
                     bn = _column_numpy(t, "brickname", path).astype(str)
+                    seen_bricks.update(np.unique(bn).tolist())
                     drop = alive & np.isin(bn, exclude_bricks)
                     counts["excluded_brick"] += int(drop.sum())
                     alive &= ~drop
@@ -265,6 +271,11 @@ class StampIndex:
                 del t, stamps
             sf.close()
 
+        unmatched = sorted(set(exclude_bricks) - seen_bricks) if n_read else []
+        if unmatched:  # a typo excludes nothing: say so loudly (the seeds' gens name real DR10 bricks)
+            log.warning("WARN exclude_bricks %s: no row of the %d stamp file(s) (e.g. %s) lies on such a brick, so "
+                        "they exclude nothing; check train.exclude_bricks in params.yaml (DR10 bricks are "
+                        "named like 1500p005)", unmatched, len(files), files[0])
         sample_ids = np.concatenate(sids) if sids else np.zeros(0, np.int64)
         labels = np.concatenate(labs) if labs else np.zeros(0, np.int8)
         index = cls(
@@ -279,6 +290,7 @@ class StampIndex:
             require_ctrl=bool(require_ctrl),
             meta_cols=meta_cols,
             row_group_starts=rg_starts,
+            unmatched_excludes=tuple(unmatched),
         )
         problem = None
         if index.n_samples == 0:
@@ -323,6 +335,7 @@ class StampIndex:
             min_theta_over_psf=self.min_theta_over_psf, min_arc_snr=self.min_arc_snr,
             require_ctrl=self.require_ctrl, meta_cols=self.meta_cols,
             row_group_starts=self.row_group_starts + other.row_group_starts,
+            unmatched_excludes=self.unmatched_excludes,
         )
 
     def read_kept_columns(self, columns: Sequence[str]) -> dict[str, np.ndarray]:

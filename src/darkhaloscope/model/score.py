@@ -15,9 +15,9 @@ STRATA = ("row_id", "brickname", "ra", "dec", "config_id", "theta_e_arcsec", "th
           "arc_snr_int", "src_dmag", "psfsize_r", "psfdepth_r", "psf_fwhm_used_r", "magnification")
 
 
-def check_readable(files: list[str]) -> None:
+def check_readable(files: list[str], allow_none: bool = False) -> None:
     """ValueError naming the first file that is not a readable parquet file (e.g. truncated)."""
-    if not files:
+    if not files and not allow_none:
         raise ValueError("no stamp files to score")
     for f in files:
         try:
@@ -42,7 +42,16 @@ def score_known_files(ckpt_path: str, files: list[str], batch_size: int = 256) -
     """:func:`score_files` for rows that may have no metadata (the known lenses: a catalogue
     position, no sweep row, hence no PSFSIZE / PSFDEPTH): a model with ``meta_cols`` scores
     them with the training mean of each missing value (0 after standardisation) instead of
-    dropping them; the summary counts them as ``meta_imputed``."""
+    dropping them; the summary counts them as ``meta_imputed``.
+
+    No files, or files without rows (a survey whose known lenses lie on none of its bricks, a
+    stamp set without known lenses), give an empty table and a summary with ``kept`` 0."""
+    check_readable(files, allow_none=True)
+    if sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 0:
+        empty = pa.table({"sample_id": pa.array([], pa.int64()), "label": pa.array([], pa.int8()),
+                          "logit": pa.array([], pa.float32()), "score": pa.array([], pa.float64())})
+        return empty, {"rows_read": 0, "kept": 0, "kept_positive": 0, "kept_negative": 0, "dropped": {},
+                       "n_files": len(files)}
     return _score(ckpt_path, files, batch_size, impute_missing_meta=True)
 
 

@@ -10,6 +10,7 @@ a brick (split ``known``, for the known-lens check in ``evaluate``); all of them
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pyarrow.parquet as pq
@@ -17,9 +18,11 @@ import pyarrow.parquet as pq
 from darkhaloscope.constants import KNOWN_SPLIT, PARENT_SPLIT, SPLITS
 from darkhaloscope.stamps.cutout import known_lens_rows, parent_rows
 from darkhaloscope.stamps.gallery import injection_gallery
-from darkhaloscope.stamps.spark import run_stamps, summarize_stats
+from darkhaloscope.stamps.spark import failure_warnings, run_stamps, summarize_stats
 from darkhaloscope.survey.bricks import bricks_of, read_brick_table
 from darkhaloscope.survey.known_lenses import read_known_lenses
+
+log = logging.getLogger(__name__)
 
 #: the output split directories, in the order of their Spark partitions
 STAGE_SPLITS = SPLITS + (PARENT_SPLIT, KNOWN_SPLIT)
@@ -46,6 +49,11 @@ def run_stamps_stage(params: dict, manifest_path: str, parent_path: str, coadd_r
     known = read_known_lenses(sv["root"], sv["known_lenses"])
     known_rows, n_nobrick = known_lens_rows(known, bricks_of(read_brick_table(sv["root"]), known["ra"], known["dec"]))
     stats, gallery_rows = run_stamps(rows + known_rows, coadd_root, out_dir, params, gallery, STAGE_SPLITS)
+    for line in failure_warnings(stats):
+        log.warning(line)
+    if known_rows == [] and len(known["ra"]):
+        log.warning("WARN none of the %d known lenses (survey.known_lenses) lies on a brick of %s: the known "
+                    "split is empty and evaluate reports known_n 0", len(known["ra"]), sv["root"])
     injection_gallery(gallery_rows, os.path.join(out_dir, "gallery.png"))
     (known_stats,) = [s for s in stats if s["split"] == KNOWN_SPLIT]
     summary = summarize_stats([s for s in stats if s["split"] != KNOWN_SPLIT])

@@ -87,7 +87,26 @@ def write_file(out_dir: str, split: str, bucket: int, rows: list[dict], paired: 
             "cutout_ok": int(sum(r["cutout_ok"] for r in rows)),
             "fail_reasons": dict(Counter(r["fail_reason"].split(":")[0] for r in rows if not r["cutout_ok"])),
             "psf_fallback_rows": int(sum(1 for r in rows if r["psf_fallback"])),
-            "nonfinite_stamps": int(sum(1 for r in rows if not np.isfinite(r["stamp"]).all()))}
+            "nonfinite_stamps": int(sum(1 for r in rows if not np.isfinite(r["stamp"]).all())),
+            # the first few full reasons of failures that are not a stamp over the brick edge (for the warning)
+            "first_failures": list(dict.fromkeys(r["fail_reason"] for r in rows if not r["cutout_ok"]
+                                                 and r["fail_reason"] != "off_brick_edge"))[:3]}
+
+
+def failure_warnings(stats: list[dict]) -> list[str]:
+    """WARN lines, one per split, for stamps lost to unreadable or missing coadds or non-finite
+    pixels (a stamp over the brick edge is expected and not warned about), with the first reasons."""
+    out = []
+    for split in dict.fromkeys(s["split"] for s in stats):
+        mine = [s for s in stats if s["split"] == split]
+        rows = sum(s["rows"] for s in mine)
+        lost = sum(v for s in mine for k, v in s["fail_reasons"].items() if k != "off_brick_edge")
+        nonfinite = sum(s["nonfinite_stamps"] for s in mine)
+        if lost or nonfinite:
+            first = [f for s in mine for f in s.get("first_failures", [])][:3]
+            out.append(f"WARN split {split}: {lost} of {rows} stamps failed (missing or unreadable coadds) and "
+                       f"{nonfinite} have non-finite pixels; first reasons: {first or ['non-finite pixels']}")
+    return out
 
 
 def summarize_stats(stats: list[dict]) -> dict:

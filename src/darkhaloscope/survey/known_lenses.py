@@ -36,7 +36,18 @@ def read_known_lenses(root: str, spec: str) -> dict[str, np.ndarray]:
         dec = np.asarray(tab[names["DEC"]], dtype=np.float64)
         nm = (np.char.strip(np.asarray(tab[names["NAME"]]).astype("U")) if "NAME" in names
               else np.array([f"lens{i}" for i in range(len(ra))]))
+    check_coordinates(path, ra, dec)
     return {"name": nm, "ra": ra, "dec": dec}
+
+
+def check_coordinates(path: str, ra: np.ndarray, dec: np.ndarray) -> None:
+    """SurveyError naming ``path`` unless every RA is in [0, 360) deg and every Dec in [-90, 90] deg."""
+    bad = ~(np.isfinite(ra) & np.isfinite(dec) & (ra >= 0) & (ra < 360) & (np.abs(dec) <= 90))
+    if bad.any():
+        i = np.flatnonzero(bad)
+        raise SurveyError(f"{path}: {len(i)} of {len(ra)} known lenses have coordinates out of range "
+                          f"(RA must be in [0, 360) deg, Dec in [-90, 90] deg), e.g. row {int(i[0])}: "
+                          f"RA {ra[i[0]]!r}, Dec {dec[i[0]]!r}")
 
 
 def read_lenscat() -> dict[str, np.ndarray]:

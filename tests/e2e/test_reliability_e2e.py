@@ -267,7 +267,7 @@ def test_parent_stage_with_unreachable_s3_endpoint(tmp_path, monkeypatch):
 
 
 def test_parent_stage_with_missing_bucket(tmp_path, monkeypatch):
-    from test_remote_s3 import moto_server
+    from _s3 import moto_server
 
     with moto_server(tmp_path) as endpoint:
         work, res = _parent_with_root(tmp_path, "s3://dhs-no-such-bucket/dr10", endpoint, monkeypatch)

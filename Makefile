@@ -21,7 +21,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# params.yaml validated and an s3:// survey.root checked (credentials, bucket) before `dvc repro`,
+# whose own dependency check would otherwise stop at botocore's "Unable to locate credentials"
 repro: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH="$(CURDIR)/src" python -m darkhaloscope.precheck
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
 
 test: $(STAMP)

@@ -21,6 +21,7 @@ workers inherit the setting. Training and scoring keep numpy's fastest paths.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import platform
@@ -85,13 +86,20 @@ def raised_by_us(exc: BaseException) -> bool:
 
 
 def is_user_error(exc: BaseException) -> bool:
-    """An input problem with a message meant for the user (not a bug needing a traceback)."""
+    """An input problem with a message meant for the user (not a bug needing a traceback);
+    a full disk counts, wherever it was raised."""
     if isinstance(exc, (ParamsError, SurveyError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return True
     return isinstance(exc, USER_ERROR_TYPES) and raised_by_us(exc)
 
 
 def error_message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not raised_by_us(exc):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return (f"disk full{where} (no space left on device): free space or move data/ to a disk with room, "
+                f"then re-run; the stage's outputs were not written")
     msg = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc
     return str(msg)
 

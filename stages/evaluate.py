@@ -4,12 +4,14 @@ import numpy as np
 import pyarrow.parquet as pq
 from _common import run
 
+from darkhaloscope.evaluation import gates as G
 from darkhaloscope.evaluation import report as E
 from darkhaloscope import metrics as M
 from darkhaloscope.model import Preprocess, StampIndex, load_checkpoint
 from darkhaloscope.outputs import atomic_dir, write_json
-from darkhaloscope.stamps.seeds import resolve_stamp_root
+from darkhaloscope.search.ensemble import evaluation_metrics
 from darkhaloscope.stamps.format import list_stamp_files
+from darkhaloscope.stamps.sets import stamp_set_root
 
 
 def main(p: dict) -> None:
@@ -24,12 +26,18 @@ def main(p: dict) -> None:
     out.update(E.known_lens_recall(known, thr))
 
     # shortcut audit: trivial features of the test stamps, positives vs controls
-    files = list_stamp_files(resolve_stamp_root("data/stamps"), "test")
+    files = list_stamp_files(stamp_set_root(p), "test")
     idx = StampIndex.build(files)
-    rows = E.read_rows(files, idx.sample_ids, ("is_control",))
     pre = Preprocess.from_checkpoint(load_checkpoint("data/model/best.pt"))  # the model's own recipe
-    out["shortcut_auroc"] = E.shortcut_auroc(1 - rows["is_control"].astype(int),
-                                             E.trivial_features(rows["stamp"], pre))
+    rows = E.read_rows(files, idx.sample_ids, ("is_control", *pre.meta_cols))
+    lab = 1 - rows["is_control"].astype(int)
+    out.update(G.lr_rates(lab, G.cv_logistic_scores(E.trivial_features(rows["stamp"], pre), lab, seed=p["seed"]),
+                          "shortcut"))
+    out.update(E.shortcut_gates("data/model/best.pt", rows, lab, p["gates"], p["seed"]))
+    # search.models: the ensemble's test rates next to each member's (ensemble_members: 1 for one model)
+    out.update(evaluation_metrics(p, val, test, stamp_set_root(p), n_boot=200, seed=p["seed"]))
+    for line in G.failed_gate_lines(out):
+        print(f"[evaluate] {line}")
     write_json(out, "metrics/eval.json")
 
     strat = E.stratified_rows(test, thr)
@@ -50,7 +58,8 @@ def main(p: dict) -> None:
             meta = np.column_stack([r[c] for c in pre.meta_cols]) if pre.meta_cols else None
             E.saliency_gallery("data/model/best.pt", r["stamp"], r.get("ctrl_stamp"), meta,
                                [f"id {i % 100000}\nscore {v:.3f}" for i, v in zip(ids, sc)], f"{d}/{name}.png")
-    print({k: out[k] for k in ("auroc", "tpr@fpr1e-2", "tpr@fpr1e-3", "n_pos", "n_neg", "shortcut_auroc")})
+    print({k: out[k] for k in ("auroc", "tpr@fpr1e-2", "tpr@fpr1e-3", "n_pos", "n_neg", "shortcut_auroc",
+                               "gate_core_lr_auroc", "gate_radial_lr_auroc", "gate_core_masked_drop", "gates_passed")})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Stage `score`: score val, test and the known lenses with the checkpoint's own preprocessing."""
+"""Stage `score`: score val, test and the known lenses of `stamp_set.root` with the checkpoint's own preprocessing."""
 
 import os
 
@@ -6,12 +6,12 @@ from _common import run
 
 from darkhaloscope.outputs import atomic_dir, write_json, write_parquet
 from darkhaloscope.model.score import score_files, score_known_files
-from darkhaloscope.stamps.seeds import resolve_stamp_root
 from darkhaloscope.stamps.format import list_stamp_files
+from darkhaloscope.stamps.sets import stamp_set_root
 
 
 def main(p: dict) -> None:
-    root = resolve_stamp_root("data/stamps")  # the seeds' stamp_npz layout: converted once into data/stamps_converted
+    root = stamp_set_root(p)  # stamp_set.root; a seeds-layout or s3:// set is converted / mirrored once into stamp_set.cache
     report = {}
     with atomic_dir("data/scores") as out:
         for split in ("val", "test", "known"):

@@ -11,7 +11,7 @@ def main(p: dict) -> None:
     with atomic_dir("data/stamps") as out:
         summary = run_stamps_stage(p, "data/manifest/manifest.parquet", "data/parent/parent.parquet",
                                    "data/coadds", out)
-    write_json(summary, "metrics/stamps.json")
+        write_json(summary, "metrics/stamps.json")  # inside: if this fails, no data/stamps is left either
     print(summary)
 
 

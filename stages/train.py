@@ -6,11 +6,13 @@ from _common import run
 
 from darkhaloscope.outputs import write_json
 from darkhaloscope.model.distributed import is_main_process
-from darkhaloscope.model.train import train
+from darkhaloscope.model.train import Setup, train
+from darkhaloscope.stamps.sets import stamp_set_root
 
 
 def main(p: dict) -> None:
-    res = train(p, "data/stamps", "data/model", resume=os.environ.get("DHS_RESUME", "1") == "1",
+    Setup.from_params(p)  # params problems (e.g. a forbidden meta column) before any stamp set is read or converted
+    res = train(p, stamp_set_root(p), "data/model", resume=os.environ.get("DHS_RESUME", "1") == "1",
                 hard_negatives="data/hard_negatives/hard_negatives.parquet")
     if not is_main_process():  # under torchrun only rank 0 writes metrics
         return

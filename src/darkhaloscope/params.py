@@ -47,7 +47,11 @@ SCHEMA: dict[str, Any] = {
         "root": str,
         "sweep_glob": str,
         "known_lenses": str,
+        "lenscat_recall": {"grading": ListOf(Enum("confident", "probable")),
+                           "type": ListOf(Enum("galaxy", "group", "cluster"))},
         "bands": ListOf(Enum("g", "r", "z")),
+        "coadd_mode": Enum("auto", "copy", "manifest"),
+        "coadd_cache": {"dir": str, "max_gb": NUM},
         "mock": {
             "seed": int,
             "n_bricks_ra": int,
@@ -72,6 +76,7 @@ SCHEMA: dict[str, Any] = {
     "selection": {
         "variant": str,
         "deredden": bool,
+        "engine": Enum("auto", "inprocess", "spark"),
         "variants": MapOf({"z_max": NUM, "rz_min": NUM, "zw1_min": NUM}),
         "split": {"nside": int, "seed": int, "fractions": PER_SPLIT},
     },
@@ -100,9 +105,17 @@ SCHEMA: dict[str, Any] = {
         "psf_fallback_fwhm": NUM,
         "files_per_split": int,
         "gallery_n": int,
+        "max_failed_frac": NUM,
     },
     "spark": {"master": str, "driver_memory": str, "partitions": int},
-    "mine": {"model": str, "top_k": int, "min_score": NUM, "exclusion_radius_arcsec": NUM, "use_lenscat": bool},
+    "stamp_set": {"root": str, "cache": str},
+    "mine": {"model": str, "top_k": int, "min_score": NUM, "exclusion_radius_arcsec": NUM, "use_lenscat": bool,
+             "grades": str},
+    "search": {"models": ListOf(str), "combine": Enum("mean_prob", "rank_mean"), "min_score": NUM, "top_k": int,
+               "match_radius_arcsec": NUM, "prevalence": NUM, "batch_size": int, "cut_missing": bool,
+               "cut_group_size": int, "work_dir": str},
+    "gates": {"core_size": int, "core_lr_auroc_max": NUM, "radial_lr_auroc_max": NUM, "mask_radius": NUM,
+              "mask_outer_radius": NUM, "core_masked_drop_max": NUM, "cv_folds": int},
     "focal": {"alpha": NUM, "gamma": NUM},
     "train": {
         "arch": Enum("small_cnn", "resnet18", "convnext_tiny"),
@@ -111,10 +124,12 @@ SCHEMA: dict[str, Any] = {
         "ctrl_dropout": NUM,
         "dropout": NUM,
         "meta_cols": ListOf(str),
-        "norm_method": Enum("full", "outer"),
+        "norm_method": Enum("full", "outer", "residual"),
         "norm_outer_radius": NUM,
         "clip": ListOf(NUM, 2),
         "augment": bool,
+        "core_dropout": NUM,
+        "core_dropout_radius": NUM,
         "exclude_bricks": ListOf(str),
         "hard_negative_repeat": int,
         "batch_size": int,
@@ -217,6 +232,9 @@ def _semantic_checks(p: dict, src: str) -> None:
     if sel["variant"] not in sel["variants"] and sel["variant"] != "desi_lrg":
         _fail(src, "selection.variant", f"{sel['variant']!r} is not a key of selection.variants "
               f"({', '.join(sorted(sel['variants']))}) nor 'desi_lrg'")
+    for key in ("grading", "type"):
+        if not p["survey"]["lenscat_recall"][key]:
+            _fail(src, f"survey.lenscat_recall.{key}", "expected at least one value")
     fr = sel["split"]["fractions"]
     if any(v < 0 for v in fr.values()) or abs(sum(fr.values()) - 1.0) > 1e-9:
         _fail(src, "selection.split.fractions", f"expected non-negative fractions summing to 1, got {fr}")
@@ -237,6 +255,8 @@ def _semantic_checks(p: dict, src: str) -> None:
             if bad:
                 need = "> 0" if positive else ">= 0"
                 _fail(src, f"grids.{name}.{key}", f"expected values {need}, got {bad}")
+    if not p["survey"]["coadd_cache"]["max_gb"] > 0:
+        _fail(src, "survey.coadd_cache.max_gb", f"expected > 0 (GB), got {p['survey']['coadd_cache']['max_gb']}")
     if p["survey"]["mock"]["brick_size_pix"] < 200:
         _fail(src, "survey.mock.brick_size_pix", f"expected >= 200 pixels, got {p['survey']['mock']['brick_size_pix']}")
     inj = p["inject"]
@@ -254,6 +274,8 @@ def _semantic_checks(p: dict, src: str) -> None:
     for key in ("files_per_split", "gallery_n"):
         if inj[key] < (1 if key == "files_per_split" else 0):
             _fail(src, f"inject.{key}", f"expected >= {1 if key == 'files_per_split' else 0}, got {inj[key]}")
+    if not 0.0 <= inj["max_failed_frac"] <= 1.0:
+        _fail(src, "inject.max_failed_frac", f"expected a fraction of a split's rows in [0, 1], got {inj['max_failed_frac']}")
     for s, n in m["n_total_per_split"].items():
         if n < 1:
             _fail(src, f"manifest.n_total_per_split.{s}", f"expected >= 1 rows, got {n}")
@@ -262,11 +284,51 @@ def _semantic_checks(p: dict, src: str) -> None:
         _fail(src, "spark.partitions", f"expected >= 1, got {sp['partitions']}")
     if not re.fullmatch(r"[0-9]+[kKmMgGtT]?", str(sp["driver_memory"])):
         _fail(src, "spark.driver_memory", f"expected a JVM memory size such as 2g or 512m, got {sp['driver_memory']!r}")
+    for key in ("root", "cache"):
+        if not str(p["stamp_set"][key]).strip():
+            _fail(src, f"stamp_set.{key}", "expected a directory (local path or s3://bucket/prefix), got ''")
+    if "://" in p["stamp_set"]["cache"]:
+        _fail(src, "stamp_set.cache", f"expected a local directory, got {p['stamp_set']['cache']!r}")
+    grades = p["mine"]["grades"]
+    if grades and not re.fullmatch(r"grades/[^/]+\.csv", grades):
+        _fail(src, "mine.grades", f"expected \"\" or a CSV in grades/ (e.g. grades/gen2.csv: the folder is a dependency "
+              f"of stage mine in dvc.yaml, so a changed file re-runs it), got {grades!r}")
+    se = p["search"]
+    if not se["models"] or any(not str(m).strip() for m in se["models"]):
+        _fail(src, "search.models", f"expected a non-empty list of checkpoint paths or git tags, got {se['models']!r}")
+    if len(set(se["models"])) != len(se["models"]):
+        _fail(src, "search.models", f"expected each model once, got {se['models']!r}")
+    if not 0.0 <= se["min_score"] <= 1.0:
+        _fail(src, "search.min_score", f"expected a number in [0, 1] (a probability for search.combine mean_prob, a "
+              f"normalised rank for rank_mean), got {se['min_score']}")
+    for key, lo in (("top_k", 0), ("batch_size", 1), ("cut_group_size", 1)):
+        if se[key] < lo:
+            _fail(src, f"search.{key}", f"expected >= {lo}, got {se[key]}")
+    if not se["match_radius_arcsec"] > 0:
+        _fail(src, "search.match_radius_arcsec", f"expected > 0 arcsec, got {se['match_radius_arcsec']}")
+    if not 0.0 < se["prevalence"] < 1.0:
+        _fail(src, "search.prevalence", f"expected a fraction in (0, 1) (e.g. 1.0e-3 = 1 lens in 1,000 galaxies), "
+              f"got {se['prevalence']}")
+    if not se["work_dir"].strip() or "://" in se["work_dir"]:
+        _fail(src, "search.work_dir", f"expected a local directory, got {se['work_dir']!r}")
+    g = p["gates"]
+    if not 1 <= g["core_size"] <= STAMP_SIZE:
+        _fail(src, "gates.core_size", f"expected 1..{STAMP_SIZE} pixels, got {g['core_size']}")
+    if not 0 < g["mask_radius"] <= g["mask_outer_radius"] < STAMP_SIZE // 2:
+        _fail(src, "gates.mask_radius", f"expected 0 < mask_radius <= mask_outer_radius < {STAMP_SIZE // 2} pixels, "
+              f"got {g['mask_radius']} and {g['mask_outer_radius']}")
+    if g["cv_folds"] < 2:
+        _fail(src, "gates.cv_folds", f"expected >= 2, got {g['cv_folds']}")
     tr = p["train"]
     if tr["input_channels"] not in (3, 6):
         _fail(src, "train.input_channels", f"expected 3 or 6, got {tr['input_channels']}")
     if not tr["curriculum"]:
         _fail(src, "train.curriculum", "expected at least one stage")
+    if not 0.0 <= tr["core_dropout"] < 1.0:
+        _fail(src, "train.core_dropout", f"expected a probability in [0, 1), got {tr['core_dropout']}")
+    if not 0 < tr["core_dropout_radius"] < STAMP_SIZE // 2:
+        _fail(src, "train.core_dropout_radius", f"expected 0 < radius < {STAMP_SIZE // 2} pixels, "
+              f"got {tr['core_dropout_radius']}")
     for key, lo in (("batch_size", 1), ("num_workers", 0), ("patience", 1), ("hard_negative_repeat", 0)):
         if tr[key] < lo:
             _fail(src, f"train.{key}", f"expected >= {lo}, got {tr[key]}")

@@ -206,6 +206,10 @@ def _desi_table(rows):
         t[f"FLUX_{band}"] = nmgy([r[band.lower()] for r in rows]).astype(np.float32)
         t[f"MW_TRANSMISSION_{band}"] = np.ones(n, np.float32)
     t["FIBERFLUX_Z"] = nmgy([r["zfib"] for r in rows]).astype(np.float32)
+    t["FIBERTOTFLUX_Z"] = nmgy([r.get("zfibtot", r["zfib"] - 0.1) for r in rows]).astype(np.float32)
+    t["GAIA_PHOT_G_MEAN_MAG"] = np.array([r.get("gaia_g", 0.0) for r in rows], np.float32)
+    if any("release" in r for r in rows):
+        t["RELEASE"] = np.array([r.get("release", 10000) for r in rows], np.int16)
     t["MASKBITS"] = np.array([r.get("maskbits", 0) for r in rows], np.int16)
     for band in ("G", "R", "Z"):
         t[f"NOBS_{band}"] = np.array([r.get("nobs", 2) for r in rows], np.int16)
@@ -216,7 +220,7 @@ def _desi_table(rows):
 
 
 def test_desi_lrg_hand_rows():
-    """Zhou et al. (2023) south cuts, each row failing exactly one (worked by hand):
+    """Zhou et al. (2023) / desitarget isLRG south cuts, each row failing exactly one (worked by hand):
 
     A: g 22.5 r 21.0 z 19.8 W1 18.0 zfib 20.5 -> z-W1 = 1.8 > 0.8*1.2-0.6 = 0.36; g-W1 = 4.5 > 2.9;
        r-W1 = 3.0 > (18-17.14)*1.8 = 1.548 and > 18-16.33 = 1.67 -> passes.
@@ -227,6 +231,10 @@ def test_desi_lrg_hand_rows():
     G: g 20.0 r 19.2 z 18.6 W1 17.5 zfib 19.5 -> g-W1 = 2.5, r-W1 = 1.7: fails low_z only
        (sliding: 1.7 > 0.36*1.8 = 0.648 and > 1.17; z-W1 = 1.1 > -0.12).
     H: g 22.5 r 21.0 z 19.8 W1 18.8 -> r-W1 = 2.2 < (1.66)*1.8 = 2.988 and < 3.3: fails sliding only.
+    I: A with a Gaia match of G = 17.9 (a bright star) -> fails no_bright_gaia_star; J: G = 18.1 passes,
+       K: G = 0 (no Gaia match) passes.
+    L: A with zfibertot 17.4 (fibre-total flux 10**(-0.4*(17.4-22.5)) = 109.6 > 100 nanomaggies) -> fails
+       zfibertot > 17.5; M: zfibertot 17.6 passes.
     """
     a = {"g": 22.5, "r": 21.0, "z": 19.8, "w1": 18.0, "zfib": 20.5}
     rows = [a, {**a, "zfib": 21.7}, {**a, "maskbits": 1 << 1}, {**a, "maskbits": 1 << 12},
@@ -234,13 +242,50 @@ def test_desi_lrg_hand_rows():
             {"g": 24.0, "r": 22.5, "z": 19.5, "w1": 18.0, "zfib": 20.5},
             {"g": 20.0, "r": 19.2, "z": 18.6, "w1": 17.5, "zfib": 19.5},
             {"g": 22.5, "r": 21.0, "z": 19.8, "w1": 18.8, "zfib": 20.5},
-            {**a, "maskbits": 1 << 5}]  # ALLMASK_G is not a DESI LRG veto: passes
+            {**a, "maskbits": 1 << 5},  # ALLMASK_G is not a DESI LRG veto: passes
+            {**a, "gaia_g": 17.9}, {**a, "gaia_g": 18.1}, {**a, "gaia_g": 0.0},
+            {**a, "zfibtot": 17.4}, {**a, "zfibtot": 17.6}]
     t = _desi_table(rows)
     steps = cut_steps(t, DESI_LRG)
+    assert list(steps) == ["quality", "flux_positive", "no_bright_gaia_star", "zfibertot_gt_17.5",
+                           "zfiber_faint_limit", "non_stellar", "low_z_cut", "sliding_cut"]
     failing = [[k for k, v in steps.items() if not v[i]] for i in range(len(rows))]
-    assert failing == [[], ["zfiber_lt_21.6"], ["quality"], ["quality"], ["quality"], ["non_stellar"],
-                       ["low_z_cut"], ["sliding_cut"], []]
-    assert lrg_mask(t, DESI_LRG).tolist() == [True] + [False] * 7 + [True]
+    assert failing == [[], ["zfiber_faint_limit"], ["quality"], ["quality"], ["quality"], ["non_stellar"],
+                       ["low_z_cut"], ["sliding_cut"], [], ["no_bright_gaia_star"], [], [],
+                       ["zfibertot_gt_17.5"], []]
+    assert lrg_mask(t, DESI_LRG).tolist() == [True] + [False] * 7 + [True, False, True, True, False, True]
+    # the fibre-total cut is on the dereddened flux, as desitarget's: 17.55 observed, 0.9 transmission ->
+    # 17.55 - 2.5 log10(1/0.9) = 17.436 dereddened: fails
+    t2 = _desi_table([{**a, "zfibtot": 17.55}])
+    t2["MW_TRANSMISSION_Z"] = np.float32(0.9)
+    assert not cut_steps(t2, DESI_LRG)["zfibertot_gt_17.5"][0]
+
+
+def test_desi_lrg_north_cuts_by_release():
+    """BASS/MzLS rows (RELEASE 9011) take DESI's north cuts (zfiber < 21.61, g-W1 > 2.97, sliding pivot
+    17.13 x 1.83, low-z pivot 16.31, r-W1 > 3.4); DECam rows the south ones.
+
+    N1: A with zfib 21.605: fails south (>= 21.6), passes north (< 21.61).
+    N2: g 20.35 r 19.2 z 18.6 W1 17.4 -> g-W1 = 2.95, r-W1 = 1.8 (not > 1.8): passes south low-z
+        (2.95 > 2.9), fails north (2.95 < 2.97).
+    A passes both; RELEASE 9010 (DR9 DECam) is south.
+    """
+    a = {"g": 22.5, "r": 21.0, "z": 19.8, "w1": 18.0, "zfib": 20.5}
+    n1 = {**a, "zfib": 21.605}
+    n2 = {"g": 20.35, "r": 19.2, "z": 18.6, "w1": 17.4, "zfib": 19.5}
+    rows = [n1, {**n1, "release": 9011}, n2, {**n2, "release": 9011}, a, {**a, "release": 9011},
+            {**a, "release": 9010}]
+    t = _desi_table(rows)
+    assert lrg_mask(t, DESI_LRG).tolist() == [False, True, True, False, True, True, True]
+    steps = cut_steps(t, DESI_LRG)
+    assert [k for k, v in steps.items() if not v[3]] == ["low_z_cut"]
+    assert [k for k, v in steps.items() if not v[0]] == ["zfiber_faint_limit"]
+    # the seeds' variants are DECam-only: north rows are refused, naming what to use
+    t = table([dict(GOOD), dict(GOOD)])
+    t["RELEASE"] = np.array([10000, 9011], np.int16)
+    with pytest.raises(ValueError, match=r"1 row\(s\) are BASS/MzLS \(north\) photometry \(RELEASE 9011\).*"
+                                         r"use selection.variant desi_lrg"):
+        lrg_mask(t)
 
 
 def test_unknown_variant_is_an_error():
@@ -325,3 +370,16 @@ def test_row_ids_stable_and_order_independent():
     np.testing.assert_array_equal(row_ids(b[perm], o[perm]), ids[perm])
     # numpy integer types and python ints give the same id
     np.testing.assert_array_equal(row_ids(b, o.astype(np.int32)), ids)
+
+
+def test_region_split_equals_a_hash_per_row():
+    """One hash per distinct pixel gives what a hash per row gives (the definition), in row order."""
+    from darkhaloscope.hashing import uniform
+
+    rng = np.random.default_rng(5)
+    pix = rng.integers(0, 300, 5000)
+    names = ["train", "val", "test"]
+    edges = np.cumsum([FRACTIONS[s] for s in names])
+    ref = [names[min(int(np.searchsorted(edges, uniform(7, "healpix", 64, int(p)), side="right")), 2)] for p in pix]
+    assert region_split(pix, 64, 7, FRACTIONS).tolist() == ref
+    assert region_split(np.zeros(0, np.int64), 64, 7, FRACTIONS).tolist() == []

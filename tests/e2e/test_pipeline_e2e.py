@@ -173,7 +173,7 @@ def test_spark_workers_import_this_checkout(pipeline):
     work, _ = pipeline
     script = (
         "import sys; sys.path.insert(0, 'src')\n"
-        "from darkhaloscope.stamps.spark import spark_session\n"
+        "from darkhaloscope.spark_session import spark_session\n"
         "s = spark_session('local[1]', '1g')\n"
         "def f(_):\n"
         "    import darkhaloscope\n"

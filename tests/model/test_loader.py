@@ -154,10 +154,86 @@ def test_index_missing_columns(split, tmp_path):
         StampIndex.build([p], min_theta_over_psf=0.5)
     with pytest.raises(ValueError, match="'arc_snr'"):
         StampIndex.build([p], min_arc_snr=0.5)
-    with pytest.raises(ValueError, match="'ctrl_stamp'"):
+    with pytest.raises(ValueError, match="'ctrl_stamp'.*manifest.control_type: paired"):
         StampIndex.build([p], require_ctrl=True)
-    with pytest.raises(ValueError, match="duplicate sample_id"):
-        StampIndex.build([p, p])
+
+
+# ----------------------------------------------------------------------------- duplicate sample ids
+
+
+def _marked_file(path, sample_ids, mark: int, **kw):
+    """A stamp file whose rows carry ``row_id = mark`` and stamps filled with ``mark`` (to tell copies apart)."""
+    n = len(sample_ids)
+    return S.make_stamp_file(path, sample_ids=np.asarray(sample_ids), columns={"row_id": np.full(n, mark)},
+                             stamps=np.full((n, 3, 64, 64), float(mark), np.float32), **kw).path
+
+
+def test_duplicate_sample_ids_across_files_keep_first_counted_and_warned(tmp_path, caplog):
+    a = _marked_file(tmp_path / "s" / "part-00000.parquet", np.arange(0, 8), 1)
+    b = _marked_file(tmp_path / "s" / "part-00001.parquet", np.arange(4, 12), 2)  # ids 4..7 repeat a's
+    with caplog.at_level("WARNING", logger="darkhaloscope.model.loader"):
+        idx = StampIndex.build([a, b])
+    assert idx.n_rows_read == 16 and idx.n_samples == 12
+    assert sorted(idx.sample_ids.tolist()) == list(range(12))
+    assert idx.counts["duplicate_sample_id"] == 4
+    assert idx.n_rows_read == idx.n_samples + sum(idx.counts.values())
+    s = idx.summary()
+    assert s["dropped"]["duplicate_sample_id"] == 4 and s["duplicate_sample_id_examples"] == [4, 5, 6, 7]
+    # keep-first: ids 4..7 come from the first file (mark 1), 8..11 from the second
+    mark = dict(zip(idx.sample_ids.tolist(), idx.read_kept_columns(["row_id"])["row_id"].tolist()))
+    assert [mark[i] for i in range(12)] == [1] * 8 + [2] * 4
+    warn = [r.getMessage() for r in caplog.records if "repeat a sample_id" in r.getMessage()]
+    assert len(warn) == 1 and warn[0].startswith("WARN 4 stamp row(s) repeat a sample_id")
+    assert b in warn[0] and a not in warn[0] and "[4, 5, 6, 7]" in warn[0] and "duplicate_sample_id" in warn[0]
+    # the loader yields every id once
+    ds = StampDataset(idx, 5, NormConfig("full"), rank=0, world_size=1)
+    ids = np.concatenate([sid.numpy() for _, _, _, sid in make_loader(ds, 0)])
+    assert sorted(ids.tolist()) == list(range(12))
+    # an index without repeats has no duplicate_sample_id key at all (summaries and checkpoints unchanged)
+    clean = StampIndex.build([a])
+    assert "duplicate_sample_id" not in clean.counts and "duplicate_sample_id_examples" not in clean.summary()
+    assert list(clean.counts) == list(DROP_REASONS)
+
+
+def test_duplicate_sample_ids_within_a_file(tmp_path):
+    """A file written by something else than write_stamp_file (which refuses repeats) may repeat ids."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = _marked_file(tmp_path / "g.parquet", np.arange(10, 16), 3, row_group_size=4)
+    t = pq.read_table(good)
+    path = tmp_path / "s" / "part-00000.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.concat_tables([t, t.slice(1, 2)]), path, row_group_size=4)  # ids 11, 12 again at the end
+    idx = StampIndex.build([str(path)])
+    assert idx.n_rows_read == 8 and idx.n_samples == 6 and idx.counts["duplicate_sample_id"] == 2
+    assert idx.sample_ids.tolist() == list(range(10, 16))  # the first occurrences, in file order
+    assert sum(ch.n for ch in idx.chunks) == 6
+
+
+def test_duplicate_whose_first_copy_is_dropped_is_no_repeat(tmp_path):
+    """Only rows that pass the filters count: a failed first copy leaves the second one in use."""
+    a = _marked_file(tmp_path / "s" / "part-00000.parquet", [0, 1, 2, 3], 1, cutout_ok=np.array([1, 0, 1, 1]))
+    b = _marked_file(tmp_path / "s" / "part-00001.parquet", [1, 2], 2, is_control=np.array([1, 0]))
+    idx = StampIndex.build([a, b])
+    assert idx.counts["cutout_not_ok"] == 1 and idx.counts["duplicate_sample_id"] == 1  # id 2 repeats, id 1 not
+    mark = dict(zip(idx.sample_ids.tolist(), idx.read_kept_columns(["row_id"])["row_id"].tolist()))
+    assert mark == {0: 1, 1: 2, 2: 1, 3: 1}
+
+
+def test_with_extra_does_not_add_ids_already_used(tmp_path, caplog):
+    a = _marked_file(tmp_path / "train" / "part-00000.parquet", np.arange(0, 6), 1)
+    hn = _marked_file(tmp_path / "parent" / "part-00000.parquet", [4, 5, 20, 21], 2,
+                      is_control=np.ones(4, np.int8))
+    base = StampIndex.build([a])
+    extra = StampIndex.build([hn], require_both_classes=False)
+    with caplog.at_level("WARNING", logger="darkhaloscope.model.loader"):
+        both = base.with_extra(extra, repeat=2)
+    assert both.counts["duplicate_sample_id"] == 2
+    assert both.sample_ids.tolist() == [0, 1, 2, 3, 4, 5, 20, 21, 20, 21]  # the mined rows, twice (repeat)
+    assert any(hn in r.getMessage() and "[4, 5]" in r.getMessage() for r in caplog.records)
+    mark = both.read_kept_columns(["row_id"])["row_id"].tolist()
+    assert mark == [1] * 6 + [2] * 4
 
 
 # ----------------------------------------------------------------------------- sharding

@@ -59,3 +59,26 @@ def test_a_stage_stops_when_its_parent_is_killed(sig):
     finally:
         parent.kill()
         parent.wait()
+
+
+FULL_DISK = """
+import sys
+sys.path.insert(0, {stages!r})
+import _common
+
+def main(p):
+    with open("/dev/full", "w") as f:  # every write fails with ENOSPC, as on a full disk
+        f.write("x" * 100000)
+
+_common.run("stamps", main)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_is_one_line_not_a_traceback():
+    res = subprocess.run([sys.executable, "-c", FULL_DISK.format(stages=str(T.REPO / "stages"))],
+                         capture_output=True, text=True, env=T.env(), timeout=120)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("[stamps] disk full (no space left on device): free space"), res.stderr
+    assert "Traceback" not in res.stderr

@@ -185,6 +185,7 @@ def test_read_split_values_and_counts(seeds):
     assert c["rows"] == n and c["cutout_not_ok"] == failed and c["r_only"] == r_only + failed
     assert c["r_only_cutout_ok"] == r_only and c["nonfinite_stamp_cutout_ok"] == r_only
     assert c["missing_bands"] == r_only + failed and c["stamp_npz_null"] == 0
+    assert c[S.DUPLICATE_COUNT] == 1  # row 9 of the first file repeats row 8's identity
     # ids: int64, non-negative, unique (the duplicated identity row too), stable
     sid = t.column("sample_id").to_numpy()
     assert sid.dtype == np.int64 and (sid >= 0).all() and len(set(sid.tolist())) == n
@@ -249,6 +250,7 @@ def test_convert_round_trip_and_report(seeds, converted):
         n, failed, r_only = _expect(truth, split)
         counts = report["splits"][split]["counts"]
         assert counts["rows"] == n and counts["cutout_not_ok"] == failed
+        assert counts[S.DUPLICATE_COUNT] == (1 if split == "train" else 0)
         assert counts["r_only_cutout_ok"] == r_only == counts["nonfinite_stamp_cutout_ok"]
         for f in files:
             t = pq.read_table(f)
@@ -279,7 +281,7 @@ def test_convert_deterministic_with_workers(seeds, converted):
     root, _ = seeds
     dst, _ = converted
     par = dst.parent / "par"
-    S.convert_seeds_to_stamps(root, par, workers=2)
+    S.convert_seeds_to_stamps(root, par, workers=1)  # (the fixture used every core)
     for split in N_ROWS:
         for fa, fb in zip(list_stamp_files(dst, split), list_stamp_files(par, split), strict=True):
             assert open(fa, "rb").read() == open(fb, "rb").read()
@@ -390,7 +392,7 @@ def test_resolve_stamp_root(seeds, tmp_path, monkeypatch):
     assert not S.conversion_is_current(src, tmp_path / "cache2")
     S.resolve_stamp_root(src, tmp_path / "cache2")
     assert pq.read_metadata(list_stamp_files(tmp_path / "cache2", "val")[0]).num_rows == t.num_rows - 1
-    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p or ".old-" in p]  # (the .lock files stay)
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p or ".old" in p or p.endswith(".lock")]
 
     # never replaces a directory that is not a conversion
     with pytest.raises(FileExistsError, match="not a seeds conversion"):

@@ -20,7 +20,7 @@ from darkhaloscope.survey.mock import MASK_ALLMASK, MockSurvey
 
 # DR10 sweep formats (TFORM) of the required columns
 DR10_FORMATS = {"RA": "D", "DEC": "D", "TYPE": "4A", "BRICKNAME": "8A", "OBJID": "J", "EBV": "E",
-                "MASKBITS": "I", **{f"NOBS_{b}": "I" for b in "GRZ"}}
+                "MASKBITS": "I", "RELEASE": "I", **{f"NOBS_{b}": "I" for b in "GRZ"}}
 
 
 def dr10_sweep_columns(n: int = 4) -> dict:
@@ -36,6 +36,8 @@ def dr10_sweep_columns(n: int = 4) -> dict:
             cols[c] = (rng.uniform(0, 1, n) + (46.0 if c == "RA" else -80.0)).astype(">f8")
         elif fmt == "J":
             cols[c] = np.arange(n, dtype=">i4") + 7
+        elif c == "RELEASE":
+            cols[c] = np.full(n, 10000, ">i2")
         elif fmt == "I":
             cols[c] = rng.integers(0, 5, n).astype(">i2")
         else:
@@ -74,14 +76,15 @@ def test_read_sweep_dr10_schema_round_trip(tmp_path):
 def test_read_sweep_optional_and_extra_columns(tmp_path):
     cols = dr10_sweep_columns(3)
     cols["FIBERFLUX_Z"] = np.array([1.0, 2.0, 3.0], ">f4")
-    cols["RELEASE"] = np.array([10000] * 3, ">i2")
+    cols["FITBITS"] = np.array([1, 2, 3], ">i2")
     path = tmp_path / "s.fits"
-    fcols = [fits.Column(name=k, format={"FIBERFLUX_Z": "E", "RELEASE": "I"}.get(k, DR10_FORMATS.get(k, "E")),
+    fcols = [fits.Column(name=k, format={"FIBERFLUX_Z": "E", "FITBITS": "I"}.get(k, DR10_FORMATS.get(k, "E")),
                          array=v) for k, v in cols.items()]
     fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(fcols)]).writeto(path)
     out = read_sweep(str(path))
     np.testing.assert_array_equal(out["FIBERFLUX_Z"], [1.0, 2.0, 3.0])
-    assert "RELEASE" not in out
+    assert out["RELEASE"].tolist() == [10000] * 3 and out["RELEASE"].dtype == np.int16
+    assert "FITBITS" not in out  # neither required nor optional: not converted
 
 
 def test_read_sweeps_concatenates_with_file_index(tmp_path):
@@ -386,3 +389,50 @@ def test_known_lens_coordinates_out_of_range_name_the_file(tmp_path, ra, dec):
                                    fits.Column("DEC", "D", array=np.array([0.5, dec]))]).writeto(path)
     with pytest.raises(SurveyError, match=r"known.fits: 1 of 2 known lenses .*RA must be in \[0, 360\)"):
         read_known_lenses(str(tmp_path), "known.fits")
+
+
+def test_reader_follows_the_fits_integer_and_scaling_conventions(tmp_path):
+    """Unsigned integers (TZERO 2**15, 2**31, 2**63), a scaled column (TSCAL/TZERO -> float64), bool L,
+    a vector column: the streaming reader gives what astropy gives, in row blocks of any size."""
+    from darkhaloscope.survey.sweeps import SweepFile
+
+    n = 7
+    cols = [fits.Column("U16", "I", bzero=32768, array=np.array([0, 1, 40000, 65535, 7, 8, 9], np.uint16)),
+            fits.Column("U32", "J", bzero=2**31, array=np.array([0, 1, 2**32 - 1, 5, 6, 7, 8], np.uint32)),
+            fits.Column("U64", "K", bzero=2**63, array=np.array([0, 1, 2**64 - 1, 3, 4, 5, 2**63], np.uint64)),
+            fits.Column("SCALED", "I", array=np.arange(n, dtype=np.int16)),   # TSCAL4 0.5, TZERO4 10 below
+            fits.Column("FLAG", "L", array=np.array([True, False, True, True, False, False, True])),
+            fits.Column("VEC", "3E", array=np.arange(3 * n, dtype=np.float32).reshape(n, 3)),
+            fits.Column("NAME", "5A", array=np.array([b"ab", b" cd ", b"", b"abcde", b"x", b"y", b"z"]))]
+    path = tmp_path / "conv.fits"
+    hdu = fits.BinTableHDU.from_columns(cols)
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    with fits.open(path, mode="update") as h:  # scale the raw int16 values 0..6 to 10, 10.5, ... 13
+        h[1].header["TSCAL4"], h[1].header["TZERO4"] = 0.5, 10.0
+    sw = SweepFile.open(str(path))
+    with fits.open(path) as h:
+        ref = h[1].data
+        for chunk in (1, 3 * sw.row_bytes, 1 << 20):
+            got = sw.read([c.name for c in cols], chunk_bytes=chunk)
+            for c in cols:
+                want = np.asarray(ref[c.name])
+                if want.dtype.kind in "SU":
+                    want = np.char.strip(want.astype("U"))
+                np.testing.assert_array_equal(got[c.name], want, err_msg=c.name)
+    assert got["U64"].dtype == np.uint64 and got["U16"].dtype == np.uint16 and got["SCALED"].dtype == np.float64
+    assert got["SCALED"].tolist() == [10.0, 10.5, 11.0, 11.5, 12.0, 12.5, 13.0]
+    assert got["U64"][2] == 2**64 - 1 and got["U32"][2] == 2**32 - 1 and got["U16"][3] == 65535
+    with pytest.raises(SurveyError, match=r"conv.fits: column\(s\) VEC \(3E\) are not scalar"):
+        sw.require(["U16", "VEC"])
+
+
+def test_sweep_header_inconsistent_with_its_columns_is_named(tmp_path):
+    path = tmp_path / "bad.fits"
+    write_sweep(path, dr10_sweep_columns(3))
+    raw = bytearray(path.read_bytes())
+    i = raw.index(b"NAXIS1  =", 2880)
+    raw[i:i + 80] = f"{'NAXIS1':8s}= {999:20d}".ljust(80).encode()
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SurveyError, match=r"bad.fits: the TFORMs of its 33 columns add up to \d+ bytes per row but "
+                                          r"NAXIS1 says 999"):
+        read_sweep(str(path))

@@ -17,6 +17,8 @@ import torch
 from darkhaloscope import metrics as M
 from darkhaloscope.model import Preprocess, model_from_checkpoint
 from darkhaloscope.plotting import rgb, save_figure
+from darkhaloscope.evaluation import gates as G
+from darkhaloscope.evaluation.gates import cv_logistic_scores
 from darkhaloscope.evaluation.saliency import grad_cam
 from darkhaloscope.stamps.format import stamps_from_arrow
 
@@ -96,18 +98,42 @@ def shortcut_auroc(labels: np.ndarray, feats: np.ndarray, seed: int = 0) -> floa
     Near 0.5: the trivial features do not separate the classes; near 1: a
     classifier could score well without looking at arc morphology.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    p = cv_logistic_scores(feats, labels, seed=seed)
+    return None if p is None else M.auroc(labels, p)
 
-    n_min = int(min(labels.sum(), len(labels) - labels.sum()))
-    if n_min < 5:
-        return None
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    cv = StratifiedKFold(n_splits=min(5, n_min), shuffle=True, random_state=seed)
-    p = cross_val_predict(clf, feats, labels, cv=cv, method="predict_proba")[:, 1]
-    return M.auroc(labels, p)
+
+def shortcut_gates(ckpt_path: str, rows: dict, labels: np.ndarray, g: dict, seed: int) -> dict:
+    """Every gate of :mod:`darkhaloscope.evaluation.gates` on test rows, with thresholds and flags.
+
+    ``rows``: :func:`read_rows` output (``stamp`` (B, 3, H, W) nanomaggies, optional
+    ``ctrl_stamp``, the model's meta columns) of the kept test rows; ``labels`` 1 = lens;
+    ``g``: the params ``gates`` section. Also reports the core and radial regressions' own
+    tpr@fpr1e-2 / 1e-3 (``core_lr_*``, ``radial_lr_*``) and the masked CNN's AUROC and
+    tpr@fpr1e-2 (``cnn_core_masked_*``), all on the same rows.
+    """
+    from darkhaloscope.model.inference import predict_arrays, sigmoid
+
+    model, pre = model_from_checkpoint(ckpt_path)
+    stamps, ctrl = rows["stamp"], rows.get("ctrl_stamp") if pre.paired else None
+    meta = np.column_stack([rows[c] for c in pre.meta_cols]).astype(np.float64) if pre.meta_cols else None
+    seen = pre.normalize(stamps)  # the stamp as the model sees it (its own normalisation)
+    core = G.cv_logistic_scores(G.core_pixels(seen, int(g["core_size"])), labels, g["cv_folds"], seed)
+    radial = G.cv_logistic_scores(G.radial_profiles(seen), labels, g["cv_folds"], seed)
+    out = {**G.lr_rates(labels, core, "core_lr"), **G.lr_rates(labels, radial, "radial_lr")}
+
+    def masked(x, s):
+        return None if x is None else G.mask_core(x, float(g["mask_radius"]), float(g["mask_outer_radius"]), s)
+
+    kw = {"impute_meta": True} if pre.meta_cols else {}
+    s0 = sigmoid(predict_arrays(model, pre, stamps, ctrl, meta, **kw))
+    s1 = sigmoid(predict_arrays(model, pre, masked(stamps, seed), masked(ctrl, seed + 1), meta, **kw))
+    base, drop_auc = M.auroc(labels, s0), M.auroc(labels, s1)
+    t0, t1 = M.tpr_at_fpr(labels, s0, 1e-2), M.tpr_at_fpr(labels, s1, 1e-2)
+    out.update({"cnn_core_masked_auroc": drop_auc, "cnn_core_masked_tpr@fpr1e-2": float(t1),
+                "gate_core_masked_tpr@fpr1e-2_drop": float((t0 - t1) / t0) if t0 > 0 else None})
+    values = {"gate_core_lr_auroc": out["core_lr_auroc"], "gate_radial_lr_auroc": out["radial_lr_auroc"],
+              "gate_core_masked_drop": float((base - drop_auc) / base) if np.isfinite(base) and base > 0 else None}
+    return {**G.check(values, g), **out}
 
 
 def saliency_gallery(ckpt_path: str, stamps: np.ndarray, ctrl: np.ndarray | None, meta: np.ndarray | None,

@@ -3,7 +3,10 @@
 Pieces:
 
 - :class:`StampIndex`: one pass over the files deciding which rows are used; every
-  dropped row is counted by reason (``counts``), never silently dropped.
+  dropped row is counted by reason (``counts``), never silently dropped; a ``sample_id``
+  seen twice is used once (the first occurrence) and the repeats are counted and warned
+  about; for a 6-channel (paired) model the kept rows without a control are counted
+  (``kept_without_ctrl``).
 - :class:`StampDataset`: an ``IterableDataset`` yielding ready batches
   ``(x, y, meta, sample_id)``; contiguous reads of (file, row group) chunks;
   chunks sharded round-robin over ``world_size * num_workers`` shards so every kept
@@ -40,6 +43,7 @@ from darkhaloscope.model.preprocess import (
     NormConfig,
     Preprocess,
     augment,
+    core_dropout,
     block_samples,
     normalize_blocks,
 )
@@ -63,6 +67,8 @@ DROP_REASONS: tuple[str, ...] = (
     "below_min_arc_snr",
     "excluded_brick",
 )
+#: the count of rows dropped because their sample_id repeats one kept before (in ``counts`` only when > 0)
+DUPLICATE_REASON = "duplicate_sample_id"
 
 
 # ----------------------------------------------------------------------------- index
@@ -89,6 +95,51 @@ def _column_numpy(table, name: str, path: str) -> np.ndarray:
     return col.to_numpy()
 
 
+def _drop_repeats(files: Sequence[str], chunks: list[Chunk], sample_ids: np.ndarray, labels: np.ndarray,
+                  ctrl_valid: np.ndarray | None, earlier: np.ndarray, counts: dict[str, int]):
+    """Keep-first de-duplication of an index's kept rows (index order: file, row group, row).
+
+    A row is a repeat when its sample id occurs at an earlier position, or in ``earlier``
+    (the ids of the index the rows are being added to). Repeats are removed from the chunks
+    and the per-row arrays, counted under :data:`DUPLICATE_REASON` in ``counts`` and reported
+    in one WARN log line. Returns (chunks, sample_ids, labels, ctrl_valid, a few repeated ids).
+    """
+    n = int(sample_ids.size)
+    if n == 0:
+        return chunks, sample_ids, labels, ctrl_valid, ()
+    order = np.argsort(sample_ids, kind="stable")  # stable: the first occurrence sorts first
+    srt = sample_ids[order]
+    rep_sorted = np.zeros(n, bool)
+    rep_sorted[1:] = srt[1:] == srt[:-1]
+    rep = np.empty(n, bool)
+    rep[order] = rep_sorted
+    if earlier.size:
+        rep |= np.isin(sample_ids, earlier)
+    if not rep.any():
+        return chunks, sample_ids, labels, ctrl_valid, ()
+    keep = ~rep
+    kept_chunks: list[Chunk] = []
+    where: list[str] = []
+    off = 0
+    for ch in chunks:
+        seg = keep[off:off + ch.n]
+        off += ch.n
+        if not seg.all():
+            where.append(files[ch.file_idx])
+        if seg.any():
+            kept_chunks.append(Chunk(ch.file_idx, ch.row_group, ch.rows[seg], ch.n_rows_group))
+    ids = np.unique(sample_ids[rep])
+    n_rep = int(rep.sum())
+    counts[DUPLICATE_REASON] = counts.get(DUPLICATE_REASON, 0) + n_rep
+    where = list(dict.fromkeys(where))
+    shown = ", ".join(where[:3]) + (f" and {len(where) - 3} more" if len(where) > 3 else "")
+    log.warning("WARN %d stamp row(s) repeat a sample_id that is already used (%d distinct id(s), e.g. %s), in %s: "
+                "only the first occurrence of each id is used, the repeats are dropped and counted as "
+                "dropped.%s", n_rep, ids.size, ids[:5].tolist(), shown, DUPLICATE_REASON)
+    return (kept_chunks, sample_ids[keep], labels[keep], None if ctrl_valid is None else ctrl_valid[keep],
+            tuple(int(i) for i in ids[:5]))
+
+
 @dataclass
 class StampIndex:
     """Which rows of which files the loader uses, with every dropped row counted."""
@@ -97,7 +148,7 @@ class StampIndex:
     chunks: list[Chunk]
     sample_ids: np.ndarray  # int64 (n_samples,), index order (file, row group, row)
     labels: np.ndarray  # int8 (n_samples,), 1 = injected / positive
-    counts: dict[str, int]  # dropped rows by reason (every reason present, 0 if none)
+    counts: dict[str, int]  # dropped rows by reason (every DROP_REASONS reason, 0 if none; see build)
     n_rows_read: int
     min_theta_over_psf: float = 0.0
     min_arc_snr: float = 0.0
@@ -105,6 +156,10 @@ class StampIndex:
     meta_cols: tuple[str, ...] = ()
     row_group_starts: list[np.ndarray] = field(default_factory=list)  # per file
     unmatched_excludes: tuple[str, ...] = ()  # exclude_bricks entries no row lies on (warned about)
+    blank_missing_ctrl: bool = False
+    #: bool (n_samples,): the kept row has a control stamp; None when controls were not looked at
+    ctrl_valid: np.ndarray | None = None
+    duplicate_examples: tuple[int, ...] = ()  # a few sample ids that repeated (warned about)
 
     @property
     def n_samples(self) -> int:
@@ -118,24 +173,48 @@ class StampIndex:
     def n_negative(self) -> int:
         return self.n_samples - self.n_positive
 
+    @property
+    def n_without_ctrl(self) -> int:
+        """Kept rows without a control stamp (null ``ctrl_stamp``, or a file without the column):
+        a 6-channel model sees them with a blank control half. 0 when controls were not looked at."""
+        return 0 if self.ctrl_valid is None else int((~self.ctrl_valid).sum())
+
     def filters(self) -> dict[str, Any]:
-        return {
+        out = {
             "min_theta_over_psf": self.min_theta_over_psf,
             "min_arc_snr": self.min_arc_snr,
             "require_ctrl": self.require_ctrl,
             "meta_cols": list(self.meta_cols),
         }
+        if self.blank_missing_ctrl:
+            out["blank_missing_ctrl"] = True
+        return out
 
     def summary(self) -> dict[str, Any]:
-        """Plain dict for logs / metrics: rows read, kept (by class), dropped by reason."""
-        return {
+        """Plain dict for logs / metrics: rows read, kept (by class), dropped by reason.
+
+        For an index that looked at the controls (``require_ctrl`` or ``blank_missing_ctrl``,
+        i.e. one built for a 6-channel model) also ``kept_without_ctrl``: the kept rows that
+        have no control and are therefore trained or scored with a blank control half (0
+        under ``require_ctrl``, which drops them as ``dropped.missing_ctrl`` instead).
+        ``dropped.duplicate_sample_id`` (present only when > 0) counts rows whose sample id
+        repeats one kept earlier; ``duplicate_sample_id_examples`` lists a few such ids.
+        """
+        out = {
             "rows_read": self.n_rows_read,
             "kept": self.n_samples,
             "kept_positive": self.n_positive,
             "kept_negative": self.n_negative,
             "dropped": dict(self.counts),
             "filters": self.filters(),
-        } | ({"exclude_bricks_unmatched": list(self.unmatched_excludes)} if self.unmatched_excludes else {})
+        }
+        if self.ctrl_valid is not None:
+            out["kept_without_ctrl"] = self.n_without_ctrl
+        if self.duplicate_examples:
+            out["duplicate_sample_id_examples"] = [int(s) for s in self.duplicate_examples]
+        if self.unmatched_excludes:
+            out["exclude_bricks_unmatched"] = list(self.unmatched_excludes)
+        return out
 
     @classmethod
     def build(
@@ -149,6 +228,7 @@ class StampIndex:
         require_both_classes: bool = True,
         exclude_bricks: Sequence[str] = (),
         include_ids: np.ndarray | None = None,
+        blank_missing_ctrl: bool = False,
     ) -> "StampIndex":
         """One pass over ``files`` (row group by row group) deciding the kept rows.
 
@@ -163,6 +243,22 @@ class StampIndex:
         a one-class set such as known lenses turns off), is a ValueError naming
         the files and the filters.
 
+        Controls of a 6-channel (paired) model: ``require_ctrl`` (training) drops the rows
+        without a control (null ``ctrl_stamp``; a file without the column is a ValueError
+        saying that paired controls, ``manifest.control_type: paired``, are needed) and
+        counts them as ``missing_ctrl``. ``blank_missing_ctrl`` (scoring) keeps them - the
+        model sees a blank control half - and counts them as ``kept_without_ctrl`` in
+        :meth:`summary` (a file without the column, e.g. the known lenses: all its rows);
+        a control that is present must be finite like the stamp. Either way
+        :attr:`ctrl_valid` records, per kept row, whether it has a control.
+
+        Duplicate sample ids (within a file or across ``files``): keep-first. Of the rows
+        that pass the filters, only the first occurrence of each ``sample_id`` (in file,
+        row group, row order; files as given, sorted for a split) is used; every later one
+        is dropped, counted as ``duplicate_sample_id`` in :attr:`counts` (a key present only
+        when > 0) and reported in one WARN log line with a few of the ids and the files
+        holding the repeats. So no sample is used twice, and a score table has one row per id.
+
         ``exclude_bricks``: rows whose ``brickname`` is listed are dropped (counted
         as ``excluded_brick``; the seeds' Gen5-Prime excluded two bad bricks).
         ``include_ids``: if given, only rows with these sample ids are considered
@@ -172,6 +268,10 @@ class StampIndex:
         files = [os.fspath(f) for f in files]
         if not files:
             raise ValueError("StampIndex.build: no files given")
+        if require_ctrl and blank_missing_ctrl:
+            raise ValueError("StampIndex.build: require_ctrl (drop rows without a control) and blank_missing_ctrl "
+                             "(keep them with a blank control) exclude each other")
+        check_ctrl = bool(require_ctrl or blank_missing_ctrl)
         meta_cols = tuple(meta_cols)
         use_theta = float(min_theta_over_psf) > 0
         use_snr = float(min_arc_snr) > 0
@@ -192,6 +292,7 @@ class StampIndex:
         chunks: list[Chunk] = []
         sids: list[np.ndarray] = []
         labs: list[np.ndarray] = []
+        cvals: list[np.ndarray] = []
         rg_starts: list[np.ndarray] = []
         n_read = 0
         seen_bricks: set[str] = set()
@@ -201,7 +302,13 @@ class StampIndex:
             names = sf.schema_arrow.names
             for c in required:
                 if c not in names:
+                    if c == CTRL_STAMP_COLUMN:
+                        raise ValueError(
+                            f"{path}: no {CTRL_STAMP_COLUMN!r} column: a 6-channel (paired) model needs each "
+                            f"stamp's paired control, i.e. stamps made with manifest.control_type: paired "
+                            f"(columns: {names})")
                     raise ValueError(f"{path}: required column {c!r} missing (has {names})")
+            has_ctrl_col = CTRL_STAMP_COLUMN in names
             md = sf.metadata
             sizes = np.array([md.row_group(i).num_rows for i in range(md.num_row_groups)], np.int64)
             rg_starts.append(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
@@ -228,16 +335,18 @@ class StampIndex:
                     counts["excluded_brick"] += int(drop.sum())
                     alive &= ~drop
 
-                if require_ctrl:
+                ctrl, cvalid = None, np.zeros(n, bool)
+                if check_ctrl and has_ctrl_col:
                     ctrl, cvalid = sf.stamps(rg, CTRL_STAMP_COLUMN)
+                if require_ctrl:
                     drop = alive & ~cvalid
                     counts["missing_ctrl"] += int(drop.sum())
                     alive &= ~drop
 
                 stamps, svalid = sf.stamps(rg, STAMP_COLUMN)
                 fin = svalid & np.isfinite(stamps.reshape(n, -1)).all(axis=1)
-                if require_ctrl:
-                    fin &= np.isfinite(ctrl.reshape(n, -1)).all(axis=1)
+                if ctrl is not None:  # a control that is there must be finite (a missing one is blank)
+                    fin &= ~cvalid | np.isfinite(ctrl.reshape(n, -1)).all(axis=1)
                 drop = alive & ~fin
                 counts["nonfinite_stamp"] += int(drop.sum())
                 alive &= ~drop
@@ -268,7 +377,8 @@ class StampIndex:
                     chunks.append(Chunk(fi, rg, rows, n))
                     sids.append(sid[rows])
                     labs.append(pos[rows].astype(np.int8))
-                del t, stamps
+                    cvals.append(cvalid[rows])
+                del t, stamps, ctrl
             sf.close()
 
         unmatched = sorted(set(exclude_bricks) - seen_bricks) if n_read else []
@@ -278,6 +388,9 @@ class StampIndex:
                         "named like 1500p005)", unmatched, len(files), files[0])
         sample_ids = np.concatenate(sids) if sids else np.zeros(0, np.int64)
         labels = np.concatenate(labs) if labs else np.zeros(0, np.int8)
+        ctrl_valid = (np.concatenate(cvals) if cvals else np.zeros(0, bool)) if check_ctrl else None
+        chunks, sample_ids, labels, ctrl_valid, dup_examples = _drop_repeats(
+            files, chunks, sample_ids, labels, ctrl_valid, np.zeros(0, np.int64), counts)
         index = cls(
             files=files,
             chunks=chunks,
@@ -291,6 +404,9 @@ class StampIndex:
             meta_cols=meta_cols,
             row_group_starts=rg_starts,
             unmatched_excludes=tuple(unmatched),
+            blank_missing_ctrl=bool(blank_missing_ctrl),
+            ctrl_valid=ctrl_valid,
+            duplicate_examples=dup_examples,
         )
         problem = None
         if index.n_samples == 0:
@@ -304,11 +420,6 @@ class StampIndex:
                 f"StampIndex: {problem} after the filters {index.filters()} "
                 f"(rows read {n_read}, dropped {counts}) in files {files}"
             )
-        uniq, cnt = np.unique(sample_ids, return_counts=True)
-        if (cnt > 1).any():
-            raise ValueError(
-                f"StampIndex: duplicate sample_id values {uniq[cnt > 1][:5].tolist()} in files {files}"
-            )
         return index
 
     def with_extra(self, other: "StampIndex", repeat: int = 1) -> "StampIndex":
@@ -316,26 +427,37 @@ class StampIndex:
 
         Used to add mined hard negatives to the training index. ``other``'s chunks are
         repeated consecutively, so the per-file order of :meth:`read_kept_columns` still
-        matches ``sample_ids``.
+        matches ``sample_ids``. A row of ``other`` whose sample id this index already
+        holds is not added (it would be used twice): it is counted as
+        ``duplicate_sample_id`` and warned about, like a repeat within :meth:`build`.
         """
         if int(repeat) < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat}")
+        counts = {k: self.counts.get(k, 0) + other.counts.get(k, 0) for k in {**self.counts, **other.counts}}
+        counts = {k: counts.get(k, 0) for k in [*DROP_REASONS, *(k for k in counts if k not in DROP_REASONS)]}
+        o_cv = other.ctrl_valid if other.ctrl_valid is not None else np.ones(other.n_samples, bool)
+        o_chunks, o_sids, o_labs, o_cv, o_dups = _drop_repeats(
+            other.files, list(other.chunks), other.sample_ids, other.labels, o_cv, self.sample_ids, counts)
         off = len(self.files)
-        bounds = np.concatenate([[0], np.cumsum([c.n for c in other.chunks])]).astype(np.int64)
+        bounds = np.concatenate([[0], np.cumsum([c.n for c in o_chunks])]).astype(np.int64)
         chunks, sids, labs = list(self.chunks), [self.sample_ids], [self.labels]
-        for i, c in enumerate(other.chunks):
+        cvs = [self.ctrl_valid if self.ctrl_valid is not None else np.ones(self.n_samples, bool)]
+        for i, c in enumerate(o_chunks):
             for _ in range(int(repeat)):
                 chunks.append(Chunk(c.file_idx + off, c.row_group, c.rows, c.n_rows_group))
-                sids.append(other.sample_ids[bounds[i]:bounds[i + 1]])
-                labs.append(other.labels[bounds[i]:bounds[i + 1]])
-        counts = {k: self.counts.get(k, 0) + other.counts.get(k, 0) for k in self.counts}
+                sids.append(o_sids[bounds[i]:bounds[i + 1]])
+                labs.append(o_labs[bounds[i]:bounds[i + 1]])
+                cvs.append(o_cv[bounds[i]:bounds[i + 1]])
+        looked = self.ctrl_valid is not None or other.ctrl_valid is not None
         return StampIndex(
             files=self.files + other.files, chunks=chunks, sample_ids=np.concatenate(sids),
             labels=np.concatenate(labs), counts=counts, n_rows_read=self.n_rows_read + other.n_rows_read,
             min_theta_over_psf=self.min_theta_over_psf, min_arc_snr=self.min_arc_snr,
             require_ctrl=self.require_ctrl, meta_cols=self.meta_cols,
             row_group_starts=self.row_group_starts + other.row_group_starts,
-            unmatched_excludes=self.unmatched_excludes,
+            unmatched_excludes=self.unmatched_excludes, blank_missing_ctrl=self.blank_missing_ctrl,
+            ctrl_valid=np.concatenate(cvs) if looked else None,
+            duplicate_examples=(self.duplicate_examples + o_dups)[:5],
         )
 
     def read_kept_columns(self, columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -388,6 +510,12 @@ class StampDataset(IterableDataset):
     by the scaler's training mean (0 after standardisation); ``n_meta_imputed`` counts
     those rows. The default ``'error'`` refuses them.
 
+    A 6-channel (paired) dataset needs an index built with ``require_ctrl`` (rows without a
+    control dropped and counted) or ``missing_ctrl='zeros'``: rows without a control (null
+    ``ctrl_stamp``, or a file without the column) get a blank control half;
+    ``n_without_ctrl`` counts those kept rows (from the index's :attr:`StampIndex.ctrl_valid`,
+    best built with ``blank_missing_ctrl=True`` so its summary reports them, else read here).
+
     ``shuffle=False, augment=False`` is the evaluation mode: in one process
     (``num_workers=0``, world size 1) rows come in file order, deterministically.
 
@@ -414,6 +542,8 @@ class StampDataset(IterableDataset):
         missing_ctrl: str = "error",
         ctrl_dropout: float = 0.0,
         missing_meta: str = "error",
+        core_dropout_p: float = 0.0,
+        core_dropout_radius: float = 5.0,
     ) -> None:
         super().__init__()
         if missing_ctrl not in ("error", "zeros"):
@@ -424,12 +554,16 @@ class StampDataset(IterableDataset):
             raise ValueError("missing_meta='mean' needs the meta_scaler (its means replace the missing values)")
         if not 0.0 <= float(ctrl_dropout) < 1.0:
             raise ValueError(f"ctrl_dropout must be in [0, 1), got {ctrl_dropout}")
+        if not 0.0 <= float(core_dropout_p) < 1.0 or not float(core_dropout_radius) > 0:
+            raise ValueError(f"core_dropout_p must be in [0, 1) and core_dropout_radius > 0 pixels, "
+                             f"got {core_dropout_p} and {core_dropout_radius}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if input_channels == 6 and not index.require_ctrl and missing_ctrl != "zeros":
             raise ValueError(
                 "input_channels=6 needs an index built with require_ctrl=True "
-                "(rows without ctrl_stamp must be dropped and counted), or missing_ctrl='zeros'"
+                "(rows without ctrl_stamp must be dropped and counted), or missing_ctrl='zeros' "
+                "(they get a blank control; build the index with blank_missing_ctrl=True to count them)"
             )
         #: the preprocessing recipe (checks input_channels and norm_cfg)
         self.pre = Preprocess(norm_cfg, input_channels, meta_cols, meta_scaler)
@@ -449,8 +583,15 @@ class StampDataset(IterableDataset):
         self.buffer_chunks = int(buffer_chunks)
         self.missing_ctrl = missing_ctrl
         self.ctrl_dropout = float(ctrl_dropout)
+        self.core_dropout_p = float(core_dropout_p)
+        self.core_dropout_radius = float(core_dropout_radius)
         self.missing_meta = missing_meta
         self.n_meta_imputed = 0  # kept rows with a non-finite metadata value (missing_meta='mean')
+        #: kept rows without a control: a 6-channel batch has their control half blank (0 for 3 channels)
+        self.n_without_ctrl = 0
+        if self.pre.paired:
+            valid = index.ctrl_valid if index.ctrl_valid is not None else _kept_ctrl_valid(index)
+            self.n_without_ctrl = int((~valid).sum())
         # shared memory (fork and spawn alike): set_epoch reaches persistent workers
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         unchecked = [c for c in self.meta_cols if c not in index.meta_cols]
@@ -630,8 +771,12 @@ class StampDataset(IterableDataset):
         ridx: np.ndarray,
         part: dict[str, np.ndarray],
         rng_aug: np.random.Generator | None,
+        rng_core: np.random.Generator | None = None,
     ):
         x = self._normalized_batch(imgs, pidx, ridx)
+        if rng_core is not None:  # core dropout (training): the selected samples' cores become sky noise
+            core_dropout(x, _unit_hash(part["sid"], self.seed + 7_777, self.epoch) < self.core_dropout_p,
+                         self.core_dropout_radius, rng_core)
         if self.pre.paired:
             # "no control available" (a blank control half) for rows without a control and, in
             # training, for a ctrl_dropout fraction of the others
@@ -671,6 +816,8 @@ class StampDataset(IterableDataset):
         chunk_ids = self.shard_chunks(epoch, shard, n_shards)
         rng_rows = np.random.default_rng([self.seed, epoch, shard, n_shards, 1])
         rng_aug = np.random.default_rng([self.seed, epoch, shard, n_shards, 2]) if self.augment else None
+        rng_core = (np.random.default_rng([self.seed, epoch, shard, n_shards, 3]) if self.core_dropout_p > 0
+                    else None)
         group = self.buffer_chunks if self.shuffle else 1
         bs = self.batch_size
         small_keys = ("y", "sid", "meta", "cvalid")
@@ -696,7 +843,8 @@ class StampDataset(IterableDataset):
                 n_full = n // bs * bs
                 for s in range(0, n_full, bs):
                     sl = slice(s, s + bs) if order is None else order[s : s + bs]
-                    yield self._make_batch(imgs, pidx[sl], ridx[sl], {k: v[sl] for k, v in small.items()}, rng_aug)
+                    yield self._make_batch(imgs, pidx[sl], ridx[sl], {k: v[sl] for k, v in small.items()}, rng_aug,
+                                           rng_core)
                 rest = slice(n_full, n) if order is None else order[n_full:]
                 carry = (
                     self._carry(imgs, pidx[rest], ridx[rest], {k: v[rest] for k, v in small.items()})
@@ -708,7 +856,7 @@ class StampDataset(IterableDataset):
                 k = len(carry["rows"])
                 yield self._make_batch(
                     [carry["imgs"]], np.zeros(k, np.int32), carry["rows"],
-                    {key: carry[key] for key in small_keys}, rng_aug,
+                    {key: carry[key] for key in small_keys}, rng_aug, rng_core,
                 )
         finally:
             for pf in files.values():
@@ -716,6 +864,25 @@ class StampDataset(IterableDataset):
 
 
 # ----------------------------------------------------------------------------- loader
+
+
+def _kept_ctrl_valid(index: StampIndex) -> np.ndarray:
+    """bool (n_samples,), index order: the kept row has a control stamp (non-null ``ctrl_stamp``)."""
+    parts: list[np.ndarray] = []
+    files: dict[int, StampFile] = {}
+    try:
+        for ch in index.chunks:
+            sf = files.get(ch.file_idx)
+            if sf is None:
+                sf = files[ch.file_idx] = StampFile(index.files[ch.file_idx])
+            if CTRL_STAMP_COLUMN in sf.schema_arrow.names:
+                parts.append(sf.stamps(ch.row_group, CTRL_STAMP_COLUMN)[1][ch.rows])
+            else:
+                parts.append(np.zeros(ch.n, bool))
+    finally:
+        for sf in files.values():
+            sf.close()
+    return np.concatenate(parts) if parts else np.zeros(0, bool)
 
 
 def _unit_hash(sid: np.ndarray, seed: int, epoch: int) -> np.ndarray:

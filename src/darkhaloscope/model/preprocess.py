@@ -16,7 +16,10 @@ Pieces:
   per-channel normalisation ``(x - median) / (1.4826 * MAD + 1e-8)`` clipped to ``clip``,
   statistics over the whole stamp (``full``) or only the outer annulus ``r >= outer_radius``
   pixels from the stamp centre (``outer``), so the flux of an injected arc near the centre
-  cannot leak into the statistics. :func:`normalize_blocks` is the same computation fed a
+  cannot leak into the statistics. ``residual`` first subtracts each band's azimuthal median
+  profile about the centre (:func:`radial_median_residual`: the smooth, symmetric light of the
+  host galaxy, whose core brightness is the shortcut a classifier can learn instead of arcs),
+  then scales as ``outer`` does. :func:`normalize_blocks` is the same computation fed a
   block of samples at a time (the loader's hot path, straight from memory-mapped buffers).
 - :func:`augment`: one random dihedral transform (flips, rot90, transpose) per sample,
   identical for all its channels (training only; not part of :meth:`Preprocess.apply`).
@@ -39,7 +42,7 @@ import numpy as np
 from darkhaloscope.constants import BANDS
 from darkhaloscope.model.nets import INPUT_CHANNELS, MetaScaler
 
-NORM_METHODS: tuple[str, ...] = ("full", "outer")
+NORM_METHODS: tuple[str, ...] = ("full", "outer", "residual")
 MAD_TO_SIGMA = 1.4826
 NORM_EPS = 1e-8
 
@@ -51,9 +54,10 @@ NORM_EPS = 1e-8
 class NormConfig:
     """Robust normalisation settings (stored in checkpoints via :meth:`to_dict`).
 
-    ``method``: ``full`` (statistics over every pixel) or ``outer`` (pixels at radius
-    >= ``outer_radius`` pixels from the centre); ``clip``: (lo, hi) bounds of the normalised
-    values, in robust standard deviations.
+    ``method``: ``full`` (statistics over every pixel), ``outer`` (pixels at radius
+    >= ``outer_radius`` pixels from the centre) or ``residual`` (the azimuthal median profile
+    subtracted first, then ``outer``); ``clip``: (lo, hi) bounds of the normalised values, in
+    robust standard deviations.
     """
 
     method: str = "full"
@@ -97,6 +101,90 @@ def outer_pixel_index(height: int, width: int, outer_radius: float) -> np.ndarra
         )
     idx.setflags(write=False)
     return idx
+
+
+#: pixels within this radius (pixels) are grouped by their exact squared distance from the
+#: centre (groups of 1, 4 or 8 pixels), so a symmetric (8-fold) profile is removed exactly where
+#: it is steepest; beyond it, integer-radius rings (large enough for an arc to be a minority)
+#: give the median profile, interpolated linearly in radius to each pixel
+EXACT_RING_RADIUS = 6
+
+
+@functools.lru_cache(maxsize=32)
+def radial_plan(height: int, width: int) -> dict:
+    """Pixel groups of :func:`radial_median_residual` for a (height, width) stamp, centre (H//2, W//2).
+
+    ``exact``: flat indices of the pixels with squared distance d2 <= EXACT_RING_RADIUS^2, ordered
+    so that groups of equal d2 are contiguous and groups of equal size adjacent, with segments
+    ``exact_segs`` = (start, size, n_groups) and their group labels ``seg_labels`` (label =
+    rank of d2). ``rings``: flat indices of the other pixels ordered by ring ``round(r)``, with
+    ``ring_starts``. ``anchor_r``: radii (pixels) of the profile's anchors, every exact group
+    then every ring (its mean radius); ``lo``, ``hi``, ``wt``: for each ring pixel the two
+    anchors bracketing its radius and the linear weight of ``hi`` (clamped at the ends).
+    """
+    yy, xx = np.mgrid[0:height, 0:width]
+    d2 = ((yy - height // 2) ** 2 + (xx - width // 2) ** 2).ravel()
+    r = np.sqrt(d2)
+    inner = np.flatnonzero(d2 <= EXACT_RING_RADIUS**2)
+    uniq_d2, label, sizes = np.unique(d2[inner], return_inverse=True, return_counts=True)
+    exact = inner[np.lexsort((inner, label, sizes[label]))]
+    segs, seg_labels, start = [], [], 0
+    for size in np.unique(sizes):
+        members = np.flatnonzero(sizes == size)  # group labels of this size, ascending = exact order
+        segs.append((start, int(size), len(members)))
+        seg_labels.append(members)
+        start += int(size) * len(members)
+    outer = np.flatnonzero(d2 > EXACT_RING_RADIUS**2)
+    ring = np.rint(r[outer]).astype(np.int64)
+    rings = outer[np.lexsort((outer, ring))]
+    rid = np.rint(r[rings]).astype(np.int64)
+    _, ring_starts = np.unique(rid, return_index=True)
+    ring_starts = np.r_[ring_starts, rid.size]
+    ring_r = np.array([r[rings[a:b]].mean() for a, b in zip(ring_starts[:-1], ring_starts[1:])])
+    # anchors of the interpolated profile: every exact group at its radius, then every ring
+    anchor_r = np.r_[np.sqrt(uniq_d2), ring_r]
+    pos = np.clip(np.searchsorted(anchor_r, r[rings]), 1, len(anchor_r) - 1)
+    lo, hi = pos - 1, pos
+    wt = np.clip((r[rings] - anchor_r[lo]) / (anchor_r[hi] - anchor_r[lo]), 0.0, 1.0).astype(np.float32)
+    plan = {"exact": exact, "exact_segs": tuple(segs), "seg_labels": tuple(seg_labels), "n_groups": len(uniq_d2),
+            "rings": rings, "ring_starts": ring_starts, "anchor_r": anchor_r, "lo": lo, "hi": hi, "wt": wt}
+    for v in plan.values():
+        if isinstance(v, np.ndarray):
+            v.setflags(write=False)
+    return plan
+
+
+def radial_median_residual(flat: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Each row of ``flat`` (R, H*W) minus its azimuthal median profile, as a new float32 array.
+
+    Near the centre (r <= :data:`EXACT_RING_RADIUS` pixels) the profile is the median of the
+    pixels at exactly the same distance, so a symmetric light profile (the host galaxy) is
+    removed exactly where it is steep; further out it is the median of each integer-radius
+    ring, interpolated linearly in radius between ring mean radii. An arc, a minority of its
+    ring's pixels, survives. Units are those of ``flat``; float32 (a NaN in a group or ring
+    gives NaN there).
+    """
+    flat = np.asarray(flat, dtype=np.float32)
+    pl = radial_plan(height, width)
+    n = flat.shape[0]
+    out = np.empty_like(flat)
+    ng_all = pl["n_groups"]
+    st = pl["ring_starts"]
+    anchors = np.empty((n, ng_all + len(st) - 1), np.float32)  # profile values at anchor_r
+    ex = np.take(flat, pl["exact"], axis=-1)
+    for (start, size, ng), labels in zip(pl["exact_segs"], pl["seg_labels"]):
+        blk = ex[:, start:start + size * ng].reshape(n, ng, size)
+        med = np.median(blk, axis=-1).astype(np.float32)
+        anchors[:, labels] = med
+        blk -= med[..., None]
+    out[:, pl["exact"]] = ex
+    rg = np.take(flat, pl["rings"], axis=-1)
+    for k in range(len(st) - 1):
+        anchors[:, ng_all + k] = np.median(rg[:, st[k]:st[k + 1]], axis=-1)
+    wt = pl["wt"]
+    rg -= anchors[:, pl["lo"]] * (np.float32(1.0) - wt) + anchors[:, pl["hi"]] * wt
+    out[:, pl["rings"]] = rg
+    return out
 
 
 def _middle(s: np.ndarray) -> np.ndarray:
@@ -187,7 +275,7 @@ def _stat_pixels(flat: np.ndarray, cfg: NormConfig, h: int, w: int) -> np.ndarra
     """A fresh (R, n) float32 copy of the pixels the statistics use (scratch for :func:`_stats_block`)."""
     if cfg.method == "full":
         return np.array(flat, dtype=np.float32, order="C")
-    if cfg.method == "outer":
+    if cfg.method in ("outer", "residual"):  # residual: ``flat`` is already the residual
         runs = _outer_runs(h, w, float(cfg.outer_radius))
         if len(runs) > 2 * h:  # a fragmented set (not an annulus): one gather
             idx = outer_pixel_index(h, w, float(cfg.outer_radius))
@@ -206,7 +294,7 @@ def robust_stats(x: np.ndarray, cfg: NormConfig) -> tuple[np.ndarray, np.ndarray
     """Per-sample, per-channel (median, MAD) of ``x`` (B, C, H, W); each (B, C) float32.
 
     Statistics over all pixels (``full``) or the pixels at radius >= ``outer_radius``
-    from the centre (``outer``). The median of an even number of values is the mean
+    from the centre (``outer``; ``residual``: the same pixels of :func:`radial_median_residual`). The median of an even number of values is the mean
     of the two middle ones, computed in float32; MAD is the median of the float32
     deviations ``|x - median|``. A NaN anywhere in the pixels gives NaN.
     """
@@ -221,12 +309,14 @@ def robust_stats(x: np.ndarray, cfg: NormConfig) -> tuple[np.ndarray, np.ndarray
     mad = np.empty(b * c, np.float32)
     for r0 in range(0, b * c, _BLOCK_ROWS):
         r1 = min(r0 + _BLOCK_ROWS, b * c)
-        med[r0:r1], mad[r0:r1] = _stats_block(_stat_pixels(flat[r0:r1], cfg, h, w))
+        rows = radial_median_residual(flat[r0:r1], h, w) if cfg.method == "residual" else flat[r0:r1]
+        med[r0:r1], mad[r0:r1] = _stats_block(_stat_pixels(rows, cfg, h, w))
     return med.reshape(b, c), mad.reshape(b, c)
 
 
 def normalize(x: np.ndarray, cfg: NormConfig, out: np.ndarray | None = None) -> np.ndarray:
-    """(x - median) / (1.4826 * MAD + 1e-8) per sample and channel, clipped to ``cfg.clip``.
+    """(x - median) / (1.4826 * MAD + 1e-8) per sample and channel, clipped to ``cfg.clip``
+    (``residual``: x is first replaced by :func:`radial_median_residual` of x).
 
     ``x`` is (B, C, H, W); returns a float32 array of the same shape: a new one, or
     ``out`` when given (a C-contiguous float32 array of that shape; ``out=x``
@@ -268,6 +358,8 @@ def normalize_blocks(raw_block, shape: tuple[int, ...], cfg: NormConfig, out: np
     for b0 in range(0, b, per):
         b1 = min(b0 + per, b)
         flat = np.asarray(raw_block(b0, b1)).reshape((b1 - b0) * c, h * w)
+        if cfg.method == "residual":
+            flat = radial_median_residual(flat, h, w)
         med, mad = _stats_block(_stat_pixels(flat, cfg, h, w))
         scale = k * mad + eps
         o = oflat[b0 * c : b1 * c]
@@ -311,6 +403,23 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             y = y.swapaxes(-1, -2)
         out[rows] = y
     return out
+
+
+def core_dropout(x: np.ndarray, rows: np.ndarray, radius: float, rng: np.random.Generator) -> None:
+    """In place: the pixels within ``radius`` pixels of the centre of every channel of the
+    normalised samples ``rows`` ((B,) bool) of ``x`` (B, C, H, W) become standard normal noise,
+    i.e. normalised sky. A training augmentation against the core-brightness shortcut: the
+    model cannot rely on the host's core, so it must find the arc. Draws come from ``rng``."""
+    rows = np.flatnonzero(np.asarray(rows, bool))
+    if rows.size == 0:
+        return
+    _, c, h, w = x.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    inner = np.flatnonzero(np.hypot(yy - h // 2, xx - w // 2).ravel() < float(radius))
+    flat = x.reshape(x.shape[0], c, h * w)
+    noise = rng.standard_normal((rows.size, c, inner.size)).astype(x.dtype)
+    for k, i in enumerate(rows):
+        flat[i][:, inner] = noise[k]
 
 
 # ----------------------------------------------------------------------------- the recipe

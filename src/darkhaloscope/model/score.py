@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,6 +12,8 @@ import pyarrow.parquet as pq
 from darkhaloscope.model.checkpoint import model_from_checkpoint
 from darkhaloscope.model.inference import device_and_amp, predict, sigmoid
 from darkhaloscope.model.loader import StampDataset, StampIndex, make_loader
+
+log = logging.getLogger(__name__)
 
 # columns evaluation stratifies on, carried into the score table when present
 STRATA = ("row_id", "brickname", "ra", "dec", "config_id", "theta_e_arcsec", "theta_e_over_psf", "arc_snr",
@@ -33,7 +38,12 @@ def score_files(ckpt_path: str, files: list[str], batch_size: int = 256) -> tupl
     Table columns: sample_id, label (1 = lens), logit (float32), score = sigmoid(logit)
     computed in float64, plus the STRATA columns present in the files. Rows the index
     drops (cutout_ok = 0, non-finite stamps, non-finite metadata of a model with
-    ``meta_cols``) are counted in the summary, not scored.
+    ``meta_cols``, a repeated sample_id) are counted in the summary, not scored.
+
+    A 6-channel (paired) model scores a row without a control (a null ``ctrl_stamp``, or a
+    file without that column) with the control half blank; the summary counts those rows
+    as ``kept_without_ctrl`` (besides ``files_scored_without_ctrl`` /
+    ``rows_in_files_without_ctrl`` for whole files without the column) and a WARN line says so.
     """
     return _score(ckpt_path, files, batch_size, impute_missing_meta=False)
 
@@ -64,7 +74,7 @@ def _score(ckpt_path: str, files: list[str], batch_size: int, impute_missing_met
     # a 6-channel (paired) model scores rows without a control with the control half blanked:
     # the "no control available" input it saw for train.ctrl_dropout of its training samples
     index = StampIndex.build(files, require_ctrl=False, meta_cols=() if impute else pre.meta_cols,
-                             require_both_classes=False)
+                             require_both_classes=False, blank_missing_ctrl=pre.paired)
     ds = StampDataset(index, batch_size, pre.norm, pre.input_channels, pre.meta_cols, pre.meta_scaler,
                       shuffle=False, augment=False, rank=0, world_size=1, missing_ctrl="zeros",
                       missing_meta="mean" if impute else "error")
@@ -82,8 +92,21 @@ def _score(ckpt_path: str, files: list[str], batch_size: int, impute_missing_met
     summary = index.summary()
     if impute:
         summary["meta_imputed"] = ds.n_meta_imputed
-    if pre.input_channels == 6:
+    if pre.paired:
         no_ctrl = [f for f in files if "ctrl_stamp" not in pq.ParquetFile(f).schema_arrow.names]
         summary["files_scored_without_ctrl"] = len(no_ctrl)
         summary["rows_in_files_without_ctrl"] = int(sum(pq.ParquetFile(f).metadata.num_rows for f in no_ctrl))
+        # kept rows whose ctrl_stamp is null in a file that has the column: unexpected, warned about;
+        # files without the column (the known lenses, unpaired stamps) are logged
+        in_no_ctrl = {index.files.index(f) for f in no_ctrl}
+        n_whole = sum(ch.n for ch in index.chunks if ch.file_idx in in_no_ctrl)
+        n_null = summary["kept_without_ctrl"] - n_whole
+        where = ", ".join(sorted({os.path.dirname(f) for f in files}))
+        if n_null:
+            log.warning("WARN %s: %d of the %d scored rows have a null ctrl_stamp and were scored by the 6-channel "
+                        "model with a blank control half (counted in kept_without_ctrl, %d in all)", where, n_null,
+                        summary["kept"], summary["kept_without_ctrl"])
+        if n_whole:
+            log.info("%s: %d scored rows in %d file(s) without a ctrl_stamp column were scored with a blank control "
+                     "half (counted in kept_without_ctrl)", where, n_whole, len(no_ctrl))
     return table, summary

@@ -49,6 +49,8 @@ class Setup:
     width: int
     input_channels: int
     ctrl_dropout: float
+    core_dropout: float
+    core_dropout_radius: float
     dropout: float
     meta_cols: tuple
     norm: NormConfig
@@ -84,6 +86,7 @@ class Setup:
         return cls(
             arch=t["arch"], width=int(t["width"]), input_channels=int(t["input_channels"]),
             ctrl_dropout=float(t["ctrl_dropout"]),
+            core_dropout=float(t["core_dropout"]), core_dropout_radius=float(t["core_dropout_radius"]),
             dropout=float(t["dropout"]), meta_cols=tuple(t["meta_cols"]),
             norm=NormConfig(method=t["norm_method"], outer_radius=float(t["norm_outer_radius"]),
                             clip=tuple(float(c) for c in t["clip"])),
@@ -165,23 +168,56 @@ def build_index(files, setup: Setup, stage: dict | None, **kw):
                          f"stage's metrics (metrics/stamps.json)") from None
 
 
+def check_paired_stamps(setup: Setup, stamps_root: str, split: str, files: list[str]) -> None:
+    """``train.input_channels: 6`` feeds each stamp with its paired control: a ParamsError naming the
+    key, the stamp directory and the first file when ``files`` have no ``ctrl_stamp`` column
+    (stamps made with ``manifest.control_type: unpaired``), before any training work."""
+    if setup.input_channels != 6:
+        return
+    import pyarrow.parquet as pq
+
+    from darkhaloscope.stamps.format import CTRL_STAMP_COLUMN
+
+    for f in files:
+        try:
+            names = pq.read_schema(f).names
+        except Exception:  # an unreadable file is reported by the index, naming it
+            continue
+        if CTRL_STAMP_COLUMN not in names:
+            raise ParamsError(
+                f"train.input_channels: 6 needs paired controls (each stamp's own un-injected cutout, the "
+                f"{CTRL_STAMP_COLUMN!r} column), but the {split} stamps in {os.path.join(stamps_root, split)} "
+                f"have none (e.g. {f}): make them with manifest.control_type: paired in params.yaml and re-run "
+                f"stage stamps (dvc repro stamps), or set train.input_channels: 3")
+
+
 def add_hard_negatives(index, setup: Setup, stamps_root: str, hard_negatives: str | None):
     """Append the mined hard negatives (sample ids in ``hard_negatives``, rows in the ``parent``
-    split) to a training index, each repeated ``hard_negative_repeat`` times per epoch."""
+    split) to a training index, each repeated ``hard_negative_repeat`` times per epoch.
+
+    Returns (index, number of hard negatives, the hard negatives' own index summary or None)."""
     import pyarrow.parquet as pq
 
     if not hard_negatives or not os.path.exists(hard_negatives):
-        return index, 0
+        return index, 0, None
     ids = pq.read_table(hard_negatives, columns=["sample_id"]).column(0).to_numpy()
     if len(ids) == 0:
-        return index, 0
-    hn = build_index(list_stamp_files(stamps_root, "parent"), setup, None, include_ids=ids,
-                     require_both_classes=False)
+        return index, 0, None
+    files = list_stamp_files(stamps_root, "parent")
+    check_paired_stamps(setup, stamps_root, "parent", files)
+    hn = build_index(files, setup, None, include_ids=ids, require_both_classes=False)
     if hn.n_positive:
         raise ValueError(f"{hard_negatives}: {hn.n_positive} mined rows are injected (positives); expected none")
-    log.info("adding %d hard negatives x %d repeats from %s", hn.n_samples, setup.hard_negative_repeat,
-             hard_negatives)
-    return index.with_extra(hn, setup.hard_negative_repeat), hn.n_samples
+    both = index.with_extra(hn, setup.hard_negative_repeat)
+    summary = hn.summary()
+    # mined rows whose sample id the train split already holds are not added (with_extra warns)
+    key = "duplicate_sample_id"
+    already = both.counts.get(key, 0) - index.counts.get(key, 0) - hn.counts.get(key, 0)
+    if already:
+        summary["not_added_already_in_train"] = already
+    n_hard = hn.n_samples - already
+    log.info("adding %d hard negatives x %d repeats from %s", n_hard, setup.hard_negative_repeat, hard_negatives)
+    return both, n_hard, summary
 
 
 def run_fingerprint(setup: Setup, stage: dict, init_from: str | None, files) -> dict:
@@ -215,7 +251,8 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
     torch.manual_seed(setup.seed)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     tr_index = build_index(list_stamp_files(stamps_root, "train"), setup, stage)
-    tr_index, n_hard = add_hard_negatives(tr_index, setup, stamps_root, hard_negatives)
+    tr_summary = tr_index.summary()  # the train split's own counts (the mined rows are reported apart)
+    tr_index, n_hard, hn_summary = add_hard_negatives(tr_index, setup, stamps_root, hard_negatives)
     va_index = build_index(list_stamp_files(stamps_root, "val"), setup, None)
     scaler = None
     if setup.meta_cols:
@@ -239,7 +276,8 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
                            pos_weight=setup.pos_weight)
     train_ds = StampDataset(tr_index, setup.batch_size, setup.norm, setup.input_channels, setup.meta_cols,
                             scaler, shuffle=True, augment=setup.augment, seed=setup.seed,
-                            ctrl_dropout=setup.ctrl_dropout if setup.input_channels == 6 else 0.0)
+                            ctrl_dropout=setup.ctrl_dropout if setup.input_channels == 6 else 0.0,
+                            core_dropout_p=setup.core_dropout, core_dropout_radius=setup.core_dropout_radius)
     val_ds = StampDataset(va_index, max(256, setup.batch_size), setup.norm, setup.input_channels,
                           setup.meta_cols, scaler, shuffle=False, augment=False, seed=setup.seed,
                           rank=0, world_size=1)
@@ -265,8 +303,8 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
                      why or f"{best_path} is missing")
 
     # the checkpoint carries the preprocessing recipe the datasets use (scoring reads it back)
-    extra = {**train_ds.pre.to_dict(), "stage": stage["name"], "fingerprint": fp, "index_train": tr_index.summary(),
-             "index_val": va_index.summary()}
+    extra = {**train_ds.pre.to_dict(), "stage": stage["name"], "fingerprint": fp, "index_train": tr_summary,
+             "index_val": va_index.summary(), **({"index_hard_negatives": hn_summary} if hn_summary else {})}
     epochs = int(stage["epochs"])
     while state["epoch"] < epochs and not state["stopped_early"]:
         epoch = state["epoch"]
@@ -323,7 +361,8 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
         raise RuntimeError(f"stage {stage['name']}: no epoch produced a finite {setup.monitor}; no best.pt")
     return {"stage": stage["name"], "best_epoch": state["best_epoch"], "best_" + setup.monitor: state["best"],
             "epochs_run": state["epoch"], "stopped_early": state["stopped_early"], "history": state["history"],
-            "train_index": tr_index.summary(), "val_index": va_index.summary(), "hard_negatives": n_hard}
+            "train_index": tr_summary, "val_index": va_index.summary(), "hard_negatives": n_hard,
+            **({"hard_negative_index": hn_summary} if hn_summary else {})}
 
 
 def _train_epoch(model, batches, opt, loss_fn, device, amp, grad_clip: float, gnorms: list) -> tuple[float, int]:
@@ -363,6 +402,8 @@ def train(params: dict, stamps_root: str, out_dir: str, resume: bool = True, pro
     """
     setup = Setup.from_params(params)  # params problems (e.g. a forbidden meta column) before any data is read
     stamps_root = resolve_stamp_root(stamps_root, seeds_cache)
+    for split in ("train", "val"):  # 6 channels on unpaired stamps: one clear error before any training work
+        check_paired_stamps(setup, stamps_root, split, list_stamp_files(stamps_root, split))
     stages, prev = [], None
     for stage in setup.curriculum:
         res = fit_stage(setup, stage, stamps_root, os.path.join(out_dir, stage["name"]), prev, resume, progress,

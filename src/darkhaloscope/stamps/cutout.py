@@ -49,6 +49,16 @@ def psf_fwhm_used(row: dict, band: str, fallback: float) -> tuple[float, bool]:
     return float(fallback), True
 
 
+def locate_coadd(root, brick: str, band: str, kind: str) -> str | None:
+    """A readable path of a brick's coadd file, or None when there is none: ``root`` is a directory in
+    the DR10 layout (``survey.coadd_mode: copy``) or a
+    :class:`~darkhaloscope.stamps.coadd_cache.CoaddSource` (``manifest``; it raises a SurveyError
+    naming the file when the file changed since stage coadds)."""
+    if isinstance(root, str):
+        return find_coadd(root, brick, band, kind)
+    return root.locate(brick, band, kind)
+
+
 class BrickCoadds:
     """The g/r/z image and invvar maps of one brick (read once, shared by its stamps)."""
 
@@ -56,8 +66,10 @@ class BrickCoadds:
         self.brick = brick
         self.images, self.invvar, self.missing, self.wcs = {}, {}, [], None
         self.error = None
+        # every file located before any is read: a source changed since stage coadds stops the run first
+        paths = {(b, k): locate_coadd(root, brick, b, k) for b in bands for k in ("image", "invvar")}
         for b in bands:
-            ip, vp = find_coadd(root, brick, b, "image"), find_coadd(root, brick, b, "invvar")
+            ip, vp = paths[b, "image"], paths[b, "invvar"]
             if ip is None:
                 self.missing.append(f"image-{b} ({coadd_relpath(brick, b, 'image')})")
             if vp is None:

@@ -10,18 +10,29 @@ The bytes written therefore depend only on the manifest and the params, never on
 The known lenses (split ``known``, :data:`~darkhaloscope.constants.KNOWN_SPLIT`) are
 cut in the same job without injection and written as one unpaired file,
 ``known/part-00000.parquet``, labelled ``is_control = 0`` (they are lenses).
+
+Stopping: Ctrl-C (SIGINT) during the job cancels it and raises :class:`StampsInterrupted`;
+a full disk (ENOSPC, in the driver or arriving from an executor inside a Py4J / Spark
+exception) raises :class:`DiskFullError` naming the file being written. Both are one-line
+errors for the stage script (``stages/_common.py``); the caller's ``atomic_dir`` discards
+the unfinished output. Spark's JVM logs only errors that are not task failures (the
+driver reports those itself), and py4j's connection chatter is silenced.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import sys
+import re
+import signal
+import threading
 from collections import Counter
 
 import numpy as np
 
 from darkhaloscope.constants import BANDS, KNOWN_SPLIT, SPLITS
 from darkhaloscope.lensing.injector import Injector
+from darkhaloscope.spark_session import spark_session
 from darkhaloscope.stamps.cutout import process_brick
 from darkhaloscope.stamps.format import part_file_name, write_stamp_file
 
@@ -39,28 +50,57 @@ OUTPUT_COLUMNS = (
 INT_COLUMNS = {"sample_id": np.int64, "pair_id": np.int64, "row_id": np.int64, "replicate": np.int32,
                "objid": np.int64, "is_control": np.int8, "cutout_ok": np.int8}
 STR_COLUMNS = {"split", "brickname", "config_id", "psf_fallback", "fail_reason"}
-_SRC_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # .../src
+class StampsInterrupted(RuntimeError):
+    """Ctrl-C / SIGINT stopped stage ``stamps``; the message says that no output was written."""
 
 
-def spark_session(master: str, driver_memory: str, app: str = "darkhaloscope-stamps"):
-    """A SparkSession whose Python workers run this interpreter (so they import darkhaloscope)."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if master.startswith("local"):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from pyspark.sql import SparkSession
+class DiskFullError(OSError):
+    """No space left on a disk the stage writes to; the message names the file and the fix.
 
-    b = (SparkSession.builder.master(master).appName(app)
-         .config("spark.driver.memory", driver_memory)
-         .config("spark.ui.enabled", "false")
-         .config("spark.ui.showConsoleProgress", "false")
-         .config("spark.python.worker.reuse", "true")
-         # workers import darkhaloscope from THIS checkout, not from wherever the package is installed
-         # (an editable install points at another tree, e.g. in a dvc exp / test copy of the repository)
-         .config("spark.executorEnv.PYTHONPATH", _SRC_DIR))
-    if master.startswith("local"):
-        b = b.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-    return b.getOrCreate()
+    ``errno`` is ENOSPC; ``path`` the file being written (None when Spark's own scratch space filled up).
+    """
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+        self.path = path
+
+
+def interrupted_message(out_dir: str) -> str:
+    return (f"interrupted (Ctrl-C / SIGINT): no output written (the Spark job was cancelled; the unfinished "
+            f"stamps in {out_dir} are discarded)")
+
+
+_ENOSPC_PATH = re.compile(r"\[Errno 28\] No space left on device: '([^']+)'")
+
+
+def disk_full(exc: BaseException) -> tuple[bool, str | None]:
+    """(True, path or None) when ``exc`` - or an exception it wraps, or an executor's traceback in its
+    text (a Py4J / Spark exception) - is ENOSPC; (False, None) otherwise."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True, getattr(e, "path", None) or e.filename
+        e = e.__cause__ or e.__context__
+    text = str(exc)
+    m = _ENOSPC_PATH.search(text)
+    if m:
+        return True, m.group(1)
+    if "No space left on device" in text or "[Errno 28]" in text:
+        return True, None
+    return False, None
+
+
+def disk_full_error(path: str | None, out_dir: str) -> DiskFullError:
+    tail = f"no output written (the unfinished stamps in {out_dir} are discarded)"
+    if path:
+        return DiskFullError(f"disk full writing {path} (no space left on device): free space on that disk or move "
+                             f"data/ to a disk with room, then re-run stage stamps; {tail}", path)
+    return DiskFullError("disk full while Spark ran the job (no space left on device): free space where the stage "
+                         f"writes ({out_dir}) and in Spark's scratch space (spark.local.dir, default /tmp; "
+                         f"SPARK_LOCAL_DIRS moves it), then re-run stage stamps; {tail}")
 
 
 def write_file(out_dir: str, split: str, bucket: int, rows: list[dict], paired: bool) -> dict:
@@ -93,20 +133,44 @@ def write_file(out_dir: str, split: str, bucket: int, rows: list[dict], paired: 
                                                  and r["fail_reason"] != "off_brick_edge"))[:3]}
 
 
-def failure_warnings(stats: list[dict]) -> list[str]:
-    """WARN lines, one per split, for stamps lost to unreadable or missing coadds or non-finite
-    pixels (a stamp over the brick edge is expected and not warned about), with the first reasons."""
+def split_failures(stats: list[dict]) -> list[dict]:
+    """Per split (in ``stats`` order): ``split``, ``rows``, ``lost`` (stamps failed for a missing or
+    unreadable coadd: every failure reason but ``off_brick_edge``, which is expected), ``nonfinite``
+    (stamps with non-finite pixels), ``frac`` = (lost + nonfinite) / rows (0 for an empty split) and
+    ``first`` (the first few full failure reasons)."""
     out = []
     for split in dict.fromkeys(s["split"] for s in stats):
         mine = [s for s in stats if s["split"] == split]
         rows = sum(s["rows"] for s in mine)
         lost = sum(v for s in mine for k, v in s["fail_reasons"].items() if k != "off_brick_edge")
         nonfinite = sum(s["nonfinite_stamps"] for s in mine)
-        if lost or nonfinite:
-            first = [f for s in mine for f in s.get("first_failures", [])][:3]
-            out.append(f"WARN split {split}: {lost} of {rows} stamps failed (missing or unreadable coadds) and "
-                       f"{nonfinite} have non-finite pixels; first reasons: {first or ['non-finite pixels']}")
+        first = [f for s in mine for f in s.get("first_failures", [])][:3]
+        out.append({"split": split, "rows": rows, "lost": lost, "nonfinite": nonfinite,
+                    "frac": (lost + nonfinite) / rows if rows else 0.0, "first": first or ["non-finite pixels"]})
     return out
+
+
+def failure_warnings(stats: list[dict]) -> list[str]:
+    """WARN lines, one per split, for stamps lost to unreadable or missing coadds or non-finite
+    pixels (a stamp over the brick edge is expected and not warned about), with the first reasons."""
+    return [f"WARN split {f['split']}: {f['lost']} of {f['rows']} stamps failed (missing or unreadable coadds) and "
+            f"{f['nonfinite']} have non-finite pixels; first reasons: {f['first']}"
+            for f in split_failures(stats) if f["lost"] or f["nonfinite"]]
+
+
+def too_many_failures(stats: list[dict], max_failed_frac: float) -> str | None:
+    """None, or the one-line message for the splits where more than ``max_failed_frac`` (params
+    ``inject.max_failed_frac``, a fraction of the split's rows) of the stamps failed: each such split
+    with its count and fraction, and the first reasons of the first one."""
+    bad = [f for f in split_failures(stats) if f["frac"] > float(max_failed_frac)]
+    if not bad:
+        return None
+    splits = "; ".join(f"split {f['split']}: {f['lost'] + f['nonfinite']} of {f['rows']} stamps failed "
+                       f"({f['frac']:.0%} of its rows: {f['lost']} missing or unreadable coadds, {f['nonfinite']} "
+                       f"non-finite)" for f in bad)
+    return (f"{splits}, more than inject.max_failed_frac {float(max_failed_frac):g} allows; first reasons: "
+            f"{bad[0]['first']}. Fix the coadds (stage coadds, metrics/coadds.json) or raise inject.max_failed_frac "
+            f"in params.yaml; no output written")
 
 
 def summarize_stats(stats: list[dict]) -> dict:
@@ -129,6 +193,27 @@ def summarize_stats(stats: list[dict]) -> dict:
             d["fail_reasons"][k] = d["fail_reasons"].get(k, 0) + v
     return {"splits": splits, "n_rows": sum(d["rows"] for d in splits.values()),
             "n_cutout_failed": sum(d["rows"] - d["cutout_ok"] for d in splits.values())}
+
+
+def _cancel(spark) -> None:
+    """Cancel the running Spark jobs after a Ctrl-C. Further Ctrl-Cs are ignored until the caller
+    has stopped Spark and restored its SIGINT handler (a cleanup cut short could leave workers behind)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _silence_jvm(spark)
+    try:
+        spark.sparkContext.cancelAllJobs()
+    except Exception:  # the JVM may be gone already; spark.stop() follows either way
+        pass
+
+
+def _silence_jvm(spark) -> None:
+    """No more JVM log lines: the job has failed or was cancelled, the driver reports why, and the
+    shutdown of tasks still running logs errors of its own (e.g. missing broadcast blocks)."""
+    try:
+        spark.sparkContext.setLogLevel("OFF")
+    except Exception:
+        pass
 
 
 def output_files(splits, files_per_split: int, paired: bool) -> list[tuple[str, int, bool]]:
@@ -159,7 +244,21 @@ def run_stamps(rows: list[dict], coadd_root: str, out_dir: str, params: dict,
     groups = sorted(by_brick.items())
     os.makedirs(out_dir, exist_ok=True)
 
-    spark = spark_session(sp["master"], sp["driver_memory"])
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    main_thread = threading.current_thread() is threading.main_thread()
+    spark = spark_session(sp["master"], sp["driver_memory"], "darkhaloscope-stamps")
+    interrupted: list[int] = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    if main_thread:
+        # pyspark's own SIGINT handler calls into the JVM from inside the interrupted py4j call (a
+        # reentrant call that fails with tracebacks); a plain KeyboardInterrupt instead, remembered,
+        # because py4j's clean-up of the interrupted call may replace it by a Py4JError of its own;
+        # the job is cancelled below on a fresh connection
+        signal.signal(signal.SIGINT, on_sigint)
     try:
         sc = spark.sparkContext
         rdd = sc.parallelize(groups, max(1, min(int(sp["partitions"]), len(groups))))
@@ -177,15 +276,36 @@ def run_stamps(rows: list[dict], coadd_root: str, out_dir: str, params: dict,
                                                             "theta_e_arcsec", "arc_snr", "split")}
                        for _, r in items if "clean" in r]
             split, bucket, file_paired = files[index]
-            stats = write_file(out_dir, split, bucket, [r for _, r in items], file_paired)
+            try:
+                stats = write_file(out_dir, split, bucket, [r for _, r in items], file_paired)
+            except OSError as e:  # name the file (pyarrow's ENOSPC message does not)
+                if e.errno == errno.ENOSPC or "No space left on device" in str(e):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
+                                  os.path.join(out_dir, split, part_file_name(bucket))) from e
+                raise
             yield {"stats": stats, "gallery": gallery}
 
-        results = (rdd.flatMap(work)
-                   .partitionBy(len(files), lambda k: k)
-                   .mapPartitionsWithIndex(write_partition)
-                   .collect())
+        try:
+            results = (rdd.flatMap(work)
+                       .partitionBy(len(files), lambda k: k)
+                       .mapPartitionsWithIndex(write_partition)
+                       .collect())
+        except KeyboardInterrupt:
+            _cancel(spark)
+            raise StampsInterrupted(interrupted_message(out_dir)) from None
+        except Exception as e:
+            if interrupted:  # e.g. py4j's "Answer from Java side is empty" while it cleans up after Ctrl-C
+                _cancel(spark)
+                raise StampsInterrupted(interrupted_message(out_dir)) from None
+            full, path = disk_full(e)
+            if full:
+                _silence_jvm(spark)
+                raise disk_full_error(path, out_dir) from None
+            raise
     finally:
         spark.stop()
+        if main_thread:
+            signal.signal(signal.SIGINT, previous_sigint)
     stats = sorted((r["stats"] for r in results), key=lambda s: s["file"])
     gallery = sorted((g for r in results for g in r["gallery"]), key=lambda g: g["sample_id"])
     return stats, gallery

@@ -107,6 +107,54 @@ def glob(root: str, pattern: str) -> list[str]:
 
 
 @_reports_s3_errors
+def glob_files(root: str, pattern: str) -> list[tuple[str, int]]:
+    """Sorted ``(path, size in bytes)`` of the *files* under ``root`` matching ``pattern``
+    (directories that match are left out), from one listing; the root's scheme is kept."""
+    fs, base = fsspec.core.url_to_fs(str(root))
+    if not is_remote(root):  # os.stat follows symbolic links (a linked sweep is a file), fsspec's detail does not
+        out = []
+        for name in fs.glob(posixpath.join(base, pattern)):
+            if os.path.isfile(name):
+                out.append((name, os.path.getsize(name)))
+        return sorted(out)
+    hits = fs.glob(posixpath.join(base, pattern), detail=True)
+    scheme = str(root).split("://", 1)[0] + "://"
+    return sorted((f"{scheme}{name}", int(info.get("size") or 0)) for name, info in hits.items()
+                  if info.get("type") == "file")
+
+
+@_reports_s3_errors
+def size(path: str) -> int:
+    """Size of a file in bytes (FileNotFoundError when it does not exist)."""
+    if not is_remote(path):
+        return os.path.getsize(local_path(path))
+    return int(filesystem(path).size(str(path)))
+
+
+def local_path(path: str) -> str:
+    """A local path without a ``file://`` prefix."""
+    p = str(path)
+    return p[len("file://"):] if p.startswith("file://") else p
+
+
+@contextlib.contextmanager
+def open_read(path: str):
+    """A binary file object for reading: the operating system's for a local path (no copy of
+    the file is made), fsspec's for ``s3://`` (ranged requests with 1 MiB read-ahead: nothing is
+    downloaded before it is read). S3 access problems become a SurveyError naming ``path``."""
+    if not is_remote(path):
+        with open(local_path(path), "rb") as f:
+            yield f
+        return
+    with _s3_errors(path):
+        f = filesystem(path).open(str(path), "rb", cache_type="readahead", block_size=2**20)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+@_reports_s3_errors
 def read_bytes(path: str) -> bytes:
     with fsspec.open(str(path), "rb") as f:
         return f.read()

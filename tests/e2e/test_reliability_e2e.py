@@ -81,7 +81,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
 def test_forced_repro_of_model_stages_is_identical(clean, work):
     """train (CPU, fixed seed), score and evaluate forced again: identical dvc.lock md5s and metrics."""
     _, ref = clean
-    out = T.dvc(["repro", "--force", "--downstream", "train"], work, timeout=400)
+    out = T.dvc(["repro", "--force", "--single-item", *MODEL_STAGES], work, timeout=400)
     assert T.ran_stages(out) == set(MODEL_STAGES), out[-3000:]
     assert T.out_md5s(work, ALL_STAGES) == ref["md5"]
     assert texts(work) == ref["metrics"]

@@ -41,7 +41,7 @@ GEN ?=
 SCALE ?= cpu
 EXTRA ?=
 gen: $(STAMP)
-	@test -n "$(GEN)" || { echo "usage: make gen GEN=gen1|gen2|gen3|gen5_prime [SCALE=cpu|full]"; exit 2; }
+	@test -n "$(GEN)" || { echo "usage: make gen GEN=gen1|gen2|gen3|gen5|gen5_prime|gen6 [SCALE=cpu|full]"; exit 2; }
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/gen.sh "$(GEN)" "$(SCALE)" "$(EXTRA)"
 
 # make remote ENDPOINT=http://host:port BUCKET=name [PREFIX=dvc] [REGION=...] [CREDENTIALS=local]

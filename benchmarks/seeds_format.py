@@ -22,13 +22,22 @@ The script
    files, the same share of gzip files as the whole set), and for information the
    fast decoder in one process on the same files; checks that both wrote
    byte-identical files;
-3. measures the converter as shipped (``workers=None``: a process per available
+3. measures the PRE-ISSUE converter: ``src/darkhaloscope`` as it was at commit
+   :data:`PRE_ISSUE_REV` (the last one before issue 13 was filed, which measured
+   "4.3 ms/row in one process"), extracted with ``git archive`` into the temporary
+   directory and run in a subprocess on the same files, once as it ran by default
+   (one process) and once with ``workers=<cores>`` (an option it had); checks that
+   it wrote the same bytes (skipped, with the reason, where git or the commit is
+   not available);
+4. measures the converter as shipped (``workers=None``: a process per available
    core plus one, or ``--workers``) on the whole set, best of ``--repeats`` runs.
 
 Rates are rows per second of wall-clock time, including reading the parquet,
 writing our format (with its fsync) and the report; the machine's other load
-counts too, so compare the ratio, which is measured in the same run. The last
-lines printed are ``convert_rows_per_s=``, ``reference_rows_per_s=`` and
+counts too, so compare the ratios, which are measured in the same run. The last
+lines printed are ``convert_rows_per_s=``, ``reference_rows_per_s=``,
+``pre_issue_rows_per_s=``, ``speedup_vs_pre_issue_converter=`` (vs its default, one
+process), ``speedup_vs_pre_issue_converter_all_cores=`` and
 ``speedup_vs_single_process_reference=``.
 """
 
@@ -36,11 +45,14 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import multiprocessing
 import os
 import resource
 import shutil
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -57,6 +69,9 @@ except ImportError:  # not installed: use the source tree
 
 from darkhaloscope.stamps.seeds import SPLIT_KEY, available_cores, convert_seeds_to_stamps  # noqa: E402
 
+#: the last commit before issue 13 was filed: its converter is "today's" in the issue's "10x today's rows per second"
+PRE_ISSUE_REV = "650ecdf"
+REPO = Path(__file__).resolve().parents[1]
 SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 SKY = np.array([0.004, 0.006, 0.015], np.float32)  # DR10-like per-pixel noise (g, r, z), nanomaggies
 COLOUR = np.array([0.35, 1.0, 1.9], np.float32)  # LRG-like flux ratios
@@ -175,6 +190,49 @@ def timed_convert(src: Path, dst: Path, **kw) -> tuple[float, int, float]:
     return dt, sum(s["counts"]["rows"] for s in rep["splits"].values()), cpu
 
 
+PRE_ISSUE_RUN = """
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+import darkhaloscope
+from darkhaloscope.stamps.seeds import convert_seeds_to_stamps
+assert darkhaloscope.__file__.startswith(sys.argv[1]), darkhaloscope.__file__  # the old tree, not this one
+def cpu():
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+c0, t0 = cpu(), time.perf_counter()
+rep = convert_seeds_to_stamps(sys.argv[2], sys.argv[3], workers=int(sys.argv[4]))
+dt, c = time.perf_counter() - t0, cpu() - c0
+print(json.dumps({"s": dt, "cpu": c, "rows": sum(s["counts"]["rows"] for s in rep["splits"].values())}))
+"""
+
+
+def pre_issue_tree(dest: Path) -> Path | None:
+    """``src/`` of :data:`PRE_ISSUE_REV` extracted into ``dest`` (None, with the reason printed, without git)."""
+    try:
+        res = subprocess.run(["git", "-C", str(REPO), "archive", PRE_ISSUE_REV, "src/darkhaloscope"],
+                             capture_output=True, check=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        err = getattr(exc, "stderr", b"") or b""
+        print(f"pre-issue converter: skipped (git archive {PRE_ISSUE_REV} failed: {exc} {err.decode()[:200]})")
+        return None
+    shutil.rmtree(dest, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(res.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / "src"
+
+
+def timed_pre_issue(tree: Path, src: Path, dst: Path, workers: int) -> tuple[float, int, float]:
+    """(wall seconds, rows, CPU seconds) of the pre-issue converter on ``src`` (in a subprocess, timed there)."""
+    shutil.rmtree(dst, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-c", PRE_ISSUE_RUN, str(tree), str(src), str(dst), str(workers)],
+                         capture_output=True, text=True, env=env, timeout=3600, check=False)
+    if res.returncode:
+        raise SystemExit(f"the pre-issue converter failed (rc {res.returncode}):\n{res.stderr[-3000:]}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return out["s"], out["rows"], out["cpu"]
+
+
 def _bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet"))}
 
@@ -228,8 +286,19 @@ def main(argv: list[str] | None = None) -> float:
         if a != b or len(a) == 0:
             raise SystemExit("MISMATCH: the fast decoder's output differs from the reference's")
         print(f"check: both wrote byte-identical files ({len(a)} files, {sum(map(len, a.values())) / 2**20:.0f} MiB)")
-        shutil.rmtree(work / "ref")
         shutil.rmtree(work / "one")
+
+        pre = {}  # workers -> (seconds, rows, cpu)
+        tree = pre_issue_tree(work / "pre_issue")
+        if tree is not None:
+            for w in sorted({1, cores}):
+                pre[w] = p_s, p_n, p_cpu = timed_pre_issue(tree, sub, work / "pre", w)
+                same = _bytes(work / "pre") == a
+                print(f"pre-issue converter ({PRE_ISSUE_REV}, workers={w}{', its default' if w == 1 else ''}), "
+                      f"{p_n} rows: {p_s:.2f} s = {p_n / p_s:.0f} rows/s (CPU {1000 * p_cpu / p_n:.3f} ms/row); "
+                      f"output {'byte-identical' if same else 'DIFFERENT (a CONVERSION_VERSION change?)'}")
+                shutil.rmtree(work / "pre")
+        shutil.rmtree(work / "ref")
 
         times, cpus = [], []
         for _ in range(max(1, args.repeats)):
@@ -244,9 +313,21 @@ def main(argv: list[str] | None = None) -> float:
               f"(best {min(times):.2f} s; CPU {1000 * min(cpus) / args.rows:.3f} ms/row over all processes)")
         print(f"load average during the run: {os.getloadavg()[0]:.1f} (other jobs on the same cores slow every "
               f"figure above)")
+        if 1 in pre:
+            p_s, p_n, p_cpu = pre[1]
+            ours = min(cpus) / args.rows
+            print(f"CPU per row (less sensitive to the other jobs): pre-issue {1000 * p_cpu / p_n:.3f} ms, "
+                  f"the converter {1000 * ours:.3f} ms over all its processes ({p_cpu / p_n / ours:.2f}x less); "
+                  f"with {cores} free core(s) that is at most {cores / ours:.0f} rows/s against "
+                  f"{p_n / p_cpu:.0f} for the pre-issue default")
     speedup = rate / ref_rate
+    pre_rate = {w: n / t for w, (t, n, _) in pre.items()}
+    nan = float("nan")
     print(f"convert_rows_per_s={rate:.1f}")
     print(f"reference_rows_per_s={ref_rate:.1f}")
+    print(f"pre_issue_rows_per_s={pre_rate.get(1, nan):.1f}")
+    print(f"speedup_vs_pre_issue_converter={rate / pre_rate.get(1, nan):.2f}")
+    print(f"speedup_vs_pre_issue_converter_all_cores={rate / pre_rate.get(cores, nan):.2f}")
     print(f"speedup_vs_single_process_reference={speedup:.2f}")
     return speedup
 

@@ -59,6 +59,8 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 from darkhaloscope.errors import ParamsError, SurveyError  # noqa: E402
 from darkhaloscope.params import load_params  # noqa: E402
 
+#: exit status of a stage stopped by Ctrl-C / SIGINT (the shell's 128 + SIGINT)
+INTERRUPTED_STATUS = 130
 #: error types reported as one line when raised by this project's code
 USER_ERROR_TYPES = (ValueError, OSError, KeyError, RuntimeError, TypeError)
 _OUR_DIRS = (os.path.join(ROOT, "src", "darkhaloscope") + os.sep, os.path.join(ROOT, "stages") + os.sep)
@@ -135,8 +137,18 @@ def run(name: str, main: Callable[[dict], object]) -> None:
     params = setup(name)
     try:
         main(params)
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's status for SIGINT (128 + 2)
+        if os.environ.get("DHS_TRACEBACK") == "1":
+            raise
+        logging.shutdown()
+        print(f"[{name}] interrupted (Ctrl-C / SIGINT): stopped; outputs being written were discarded",
+              file=sys.stderr)
+        sys.exit(INTERRUPTED_STATUS)
     except Exception as e:
         if os.environ.get("DHS_TRACEBACK") == "1" or not is_user_error(e):
             raise
         logging.shutdown()
-        sys.exit(f"[{name}] {error_message(e)}")
+        print(f"[{name}] {error_message(e)}", file=sys.stderr)
+        # an error type may carry its own status (stamps.spark.StampsInterrupted: 130, like Ctrl-C here)
+        status = getattr(e, "exit_status", 1)
+        sys.exit(status if isinstance(status, int) else 1)

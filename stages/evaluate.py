@@ -24,6 +24,7 @@ def main(p: dict) -> None:
     thr = E.val_thresholds(val)
     out.update({f"val_threshold@{k}": v for k, v in thr.items()})
     out.update(E.known_lens_recall(known, thr))
+    out.update(E.impostor_metrics(test, thr))  # per impostor class; n_neg and the smallest resolvable FPR
 
     # shortcut audit: trivial features of the test stamps, positives vs controls
     files = list_stamp_files(stamp_set_root(p), "test")
@@ -33,7 +34,7 @@ def main(p: dict) -> None:
     lab = 1 - rows["is_control"].astype(int)
     out.update(G.lr_rates(lab, G.cv_logistic_scores(E.trivial_features(rows["stamp"], pre), lab, seed=p["seed"]),
                           "shortcut"))
-    out.update(E.shortcut_gates("data/model/best.pt", rows, lab, p["gates"], p["seed"]))
+    out.update(E.shortcut_gates("data/model/best.pt", rows, lab, p["gates"], p["seed"], out["hard_negative_auroc"]))
     # search.models: the ensemble's test rates next to each member's (ensemble_members: 1 for one model)
     out.update(evaluation_metrics(p, val, test, stamp_set_root(p), n_boot=200, seed=p["seed"]))
     for line in G.failed_gate_lines(out):

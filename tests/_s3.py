@@ -65,3 +65,32 @@ def moto_server(log_dir: Path, extra_env: dict | None = None, start_timeout: flo
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def s3_bucket(tmp_path: Path, monkeypatch, bucket: str):
+    """A moto server with one bucket and test credentials in the environment; yields (endpoint, boto3 client).
+
+    The AWS and proxy variables of the caller's environment are removed (``monkeypatch``), the
+    AWS config and credentials files point into ``tmp_path`` (absent), and fsspec's cached
+    S3 filesystems are cleared on entry and exit (they are cached with their credentials).
+    """
+    import boto3
+    import s3fs
+
+    for k in _DROP_ENV:
+        monkeypatch.delenv(k, raising=False)
+    with moto_server(tmp_path) as endpoint:
+        for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                     "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1",
+                     "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
+                     "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
+                     "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}.items():
+            monkeypatch.setenv(k, v)
+        s3fs.S3FileSystem.clear_instance_cache()
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket=bucket)
+        try:
+            yield endpoint, client
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()

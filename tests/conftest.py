@@ -45,6 +45,7 @@ TINY_MOCK = {
     "n_star_per_brick": 2, "companion_frac": 0.0, "n_known_lenses": 1, "edge_frac": 0.0,
     "moffat_beta": 3.5, "psf_fwhm_r": [0.9, 1.8], "depth_r": [23.3, 24.0], "n_mask_trails": 1,
     "psfsize_zero_bricks": 1,
+    "impostor_frac": {"ring": 0.0, "spiral": 0.0, "merger": 0.0, "edge_on": 0.0, "clumpy": 0.0, "pair": 0.0},
 }
 
 

@@ -16,6 +16,10 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: train-split parent galaxies that carry no injection (for hard-negative mining)
 KNOWN_SPLIT = "known"
 PARENT_SPLIT = "parent"
+#: lens-impostor classes of the mock survey (negatives that look like arcs; survey.impostors), and the
+#: ``impostor`` value of every other galaxy
+IMPOSTOR_CLASSES: tuple[str, ...] = ("ring", "spiral", "merger", "edge_on", "clumpy", "pair")
+NO_IMPOSTOR = "none"
 #: stamp side (pixels) and shape (band, row, col) that the stamp format holds
 STAMP_SIZE: int = 64
 STAMP_SHAPE: tuple[int, int, int] = (len(BANDS), STAMP_SIZE, STAMP_SIZE)

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from darkhaloscope.constants import BANDS, STAMP_SIZE
+from darkhaloscope.constants import BANDS, IMPOSTOR_CLASSES, STAMP_SIZE
 from darkhaloscope.errors import ParamsError  # noqa: F401  (raised here; imported from here by callers)
 
 # ---- schema vocabulary ------------------------------------------------------
@@ -47,6 +47,7 @@ SCHEMA: dict[str, Any] = {
         "root": str,
         "sweep_glob": str,
         "known_lenses": str,
+        "impostors": str,
         "lenscat_recall": {"grading": ListOf(Enum("confident", "probable")),
                            "type": ListOf(Enum("galaxy", "group", "cluster"))},
         "bands": ListOf(Enum("g", "r", "z")),
@@ -64,6 +65,7 @@ SCHEMA: dict[str, Any] = {
             "n_blue_per_brick": int,
             "n_star_per_brick": int,
             "companion_frac": NUM,
+            "impostor_frac": {c: NUM for c in IMPOSTOR_CLASSES},
             "n_known_lenses": int,
             "edge_frac": NUM,
             "moffat_beta": NUM,
@@ -81,10 +83,16 @@ SCHEMA: dict[str, Any] = {
         "split": {"nside": int, "seed": int, "fractions": PER_SPLIT},
     },
     "manifest": {
+        "population": Enum("seeds_grid", "calibrated"),
         "grid": str,
+        "calibrated": {"theta_e_arcsec": ListOf(NUM, 2), "src_mag_r": ListOf(NUM, 2), "src_mag_slope": NUM,
+                       "src_reff_arcsec": ListOf(NUM, 2), "src_e": ListOf(NUM, 2), "shear": ListOf(NUM, 2),
+                       "min_magnification": NUM, "min_arc_snr": NUM},
         "control_type": Enum("unpaired", "paired"),
         "control_frac": NUM,
         "replicates": int,
+        "eval_negatives": bool,
+        "eval_replicates": int,
         "n_total_per_split": PER_SPLIT,
         "lens_q": ListOf(NUM, 2),
         "src_offset_frac": NUM,
@@ -99,13 +107,16 @@ SCHEMA: dict[str, Any] = {
         "psf_model": Enum("gaussian", "moffat"),
         "moffat_beta": NUM,
         "supersample": int,
-        "psf_kernel_size": int,
+        "psf_flux_frac": NUM,
         "stamp_size": int,
         "pixel_scale": NUM,
         "psf_fallback_fwhm": NUM,
         "files_per_split": int,
         "gallery_n": int,
         "max_failed_frac": NUM,
+        "source_model": Enum("sersic", "cosmos", "clumpy"),
+        "cosmos_bank": str,
+        "cosmos_size": Enum("reff", "native"),
     },
     "spark": {"master": str, "driver_memory": str, "partitions": int},
     "stamp_set": {"root": str, "cache": str},
@@ -115,11 +126,13 @@ SCHEMA: dict[str, Any] = {
                "match_radius_arcsec": NUM, "prevalence": NUM, "batch_size": int, "cut_missing": bool,
                "cut_group_size": int, "work_dir": str},
     "gates": {"core_size": int, "core_lr_auroc_max": NUM, "radial_lr_auroc_max": NUM, "mask_radius": NUM,
-              "mask_outer_radius": NUM, "core_masked_drop_max": NUM, "cv_folds": int},
+              "mask_outer_radius": NUM, "core_masked_drop_max": NUM, "cv_folds": int,
+              "hard_negative_auroc_min": NUM},
     "focal": {"alpha": NUM, "gamma": NUM},
     "train": {
         "arch": Enum("small_cnn", "resnet18", "convnext_tiny"),
         "width": int,
+        "stem": Enum("adapted", "stock"),
         "input_channels": int,
         "ctrl_dropout": NUM,
         "dropout": NUM,
@@ -245,6 +258,14 @@ def _semantic_checks(p: dict, src: str) -> None:
         _fail(src, "manifest.control_frac", f"expected a fraction in [0, 1], got {m['control_frac']}")
     if m["replicates"] < 1:
         _fail(src, "manifest.replicates", f"expected >= 1, got {m['replicates']}")
+    cal = m["calibrated"]
+    for key in ("theta_e_arcsec", "src_mag_r", "src_reff_arcsec", "src_e", "shear"):
+        lo, hi = cal[key]
+        if not lo <= hi or (key in ("theta_e_arcsec", "src_reff_arcsec") and lo <= 0) or lo < 0:
+            _fail(src, f"manifest.calibrated.{key}", f"expected a range [lo, hi] with 0 <= lo <= hi (> 0 for sizes), "
+                  f"got {cal[key]}")
+    if m["eval_replicates"] < 1:
+        _fail(src, "manifest.eval_replicates", f"expected >= 1, got {m['eval_replicates']}")
     for name, grid in p["grids"].items():
         for key in GRID_KEYS:
             vals = grid[key]
@@ -257,11 +278,15 @@ def _semantic_checks(p: dict, src: str) -> None:
                 _fail(src, f"grids.{name}.{key}", f"expected values {need}, got {bad}")
     if not p["survey"]["coadd_cache"]["max_gb"] > 0:
         _fail(src, "survey.coadd_cache.max_gb", f"expected > 0 (GB), got {p['survey']['coadd_cache']['max_gb']}")
+    imp = p["survey"]["mock"]["impostor_frac"]
+    if any(v < 0 for v in imp.values()) or sum(imp.values()) > 1.0:
+        _fail(src, "survey.mock.impostor_frac", f"expected fractions of LRGs >= 0 summing to <= 1, got {imp}")
     if p["survey"]["mock"]["brick_size_pix"] < 200:
         _fail(src, "survey.mock.brick_size_pix", f"expected >= 200 pixels, got {p['survey']['mock']['brick_size_pix']}")
     inj = p["inject"]
-    if inj["psf_kernel_size"] % 2 != 1:
-        _fail(src, "inject.psf_kernel_size", f"expected an odd number of pixels, got {inj['psf_kernel_size']}")
+    if not 0.0 < inj["psf_flux_frac"] < 1.0:
+        _fail(src, "inject.psf_flux_frac", f"expected the fraction of the PSF flux the kernels keep, in (0, 1) "
+              f"(e.g. 0.998), got {inj['psf_flux_frac']}")
     if inj["supersample"] < 1:
         _fail(src, "inject.supersample", f"expected >= 1, got {inj['supersample']}")
     # what the stamp format holds: (3, 64, 64) float32, bands g, r, z in that order
@@ -276,6 +301,17 @@ def _semantic_checks(p: dict, src: str) -> None:
             _fail(src, f"inject.{key}", f"expected >= {1 if key == 'files_per_split' else 0}, got {inj[key]}")
     if not 0.0 <= inj["max_failed_frac"] <= 1.0:
         _fail(src, "inject.max_failed_frac", f"expected a fraction of a split's rows in [0, 1], got {inj['max_failed_frac']}")
+    if inj["source_model"] != "sersic" and inj["engine"] != "fast":
+        _fail(src, "inject.source_model", f"{inj['source_model']!r} sources are lensed by the fast engine only "
+              f"(inject.engine: fast), got engine {inj['engine']!r}")
+    if inj["source_model"] != "sersic" and inj["supersample"] % 4:
+        _fail(src, "inject.supersample", f"{inj['source_model']!r} sources need a multiple of 4 sub-pixels per side "
+              f"(4 x 4 PSF phases per pixel, lensing.psf.phase_factor: with 2 a compact clump under a 0.7 arcsec "
+              f"PSF is 2% of the arc peak off), got {inj['supersample']}")
+    bank = str(inj["cosmos_bank"]).strip()
+    if inj["source_model"] == "cosmos" and bank and not Path(bank).expanduser().is_file():
+        _fail(src, "inject.cosmos_bank", f"expected \"\" (the embedded ten-galaxy bank) or the path of a "
+              f"RealGalaxyCatalog catalogue FITS (e.g. real_galaxy_catalog_23.5.fits), got {bank!r}: no such file")
     for s, n in m["n_total_per_split"].items():
         if n < 1:
             _fail(src, f"manifest.n_total_per_split.{s}", f"expected >= 1 rows, got {n}")

@@ -46,8 +46,10 @@ def parent_table(n: int, seed: int = 0, near_every: int = 0, nan_mag_every: int 
 @pytest.fixture
 def mparams(params):
     p = copy.deepcopy(params)
+    # eval_negatives off: these tests check the control modes themselves (tests/catalog/test_eval_negatives.py
+    # checks the evaluation negatives and the impostors)
     p["manifest"].update(grid="grid_small", control_type="unpaired", control_frac=0.5, replicates=3,
-                         n_total_per_split={"train": 10**6, "val": 10**6, "test": 10**6})
+                         n_total_per_split={"train": 10**6, "val": 10**6, "test": 10**6}, eval_negatives=False)
     return validate(p)
 
 

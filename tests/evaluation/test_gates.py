@@ -13,7 +13,7 @@ from darkhaloscope.evaluation import report as E
 from darkhaloscope.model.preprocess import NormConfig, Preprocess, normalize, radial_median_residual
 
 GATES = {"core_size": 10, "core_lr_auroc_max": 0.65, "radial_lr_auroc_max": 0.55, "mask_radius": 5,
-         "mask_outer_radius": 16, "core_masked_drop_max": 0.10, "cv_folds": 5}
+         "mask_outer_radius": 16, "core_masked_drop_max": 0.10, "cv_folds": 5, "hard_negative_auroc_min": 0.70}
 YY, XX = np.mgrid[0:64, 0:64]
 R = np.hypot(YY - 32, XX - 32)
 PHI = np.arctan2(YY - 32, XX - 32)
@@ -103,10 +103,12 @@ def test_mask_core_draws_from_the_stamps_own_outer_annulus():
 
 
 def test_check_reports_values_thresholds_and_one_flag():
-    rep = G.check({"gate_core_lr_auroc": 0.5, "gate_radial_lr_auroc": 0.5, "gate_core_masked_drop": 0.01}, GATES)
+    rep = G.check({"gate_core_lr_auroc": 0.5, "gate_radial_lr_auroc": 0.5, "gate_core_masked_drop": 0.01,
+                   "gate_hard_negative_auroc": 0.9}, GATES)
     assert rep["gates_passed"] and rep["gate_core_lr_auroc_threshold"] == 0.65
     assert not G.failed_gate_lines(rep)
-    rep = G.check({"gate_core_lr_auroc": 0.9, "gate_radial_lr_auroc": None, "gate_core_masked_drop": 0.01}, GATES)
+    rep = G.check({"gate_core_lr_auroc": 0.9, "gate_radial_lr_auroc": None, "gate_core_masked_drop": 0.01,
+                   "gate_hard_negative_auroc": 0.9}, GATES)
     assert not rep["gates_passed"] and rep["gate_radial_lr_auroc"] is None
     lines = G.failed_gate_lines(rep)
     assert len(lines) == 2 and "0.900 (needs < 0.65, gates.core_lr_auroc_max)" in lines[0]

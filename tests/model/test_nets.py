@@ -94,6 +94,46 @@ def test_resnet18_stem(channels):
     assert m.fc.in_features == 512 and m.fc.out_features == 1
 
 
+@pytest.mark.parametrize("arch,conv,size", [("resnet18", lambda m: m.backbone.conv1, (7, 2, 3)),
+                                             ("convnext_tiny", lambda m: m.backbone.features[0][0], (4, 4, 0))])
+@pytest.mark.parametrize("channels", [3, 6])
+def test_stock_stems_are_torchvisions(arch, conv, size, channels):
+    """train.stem: stock keeps torchvision's stem geometry (for the stamp's channel count)."""
+    m = build_model(arch, input_channels=channels, stem="stock")
+    c = conv(m)
+    k, s, pad = size
+    assert c.in_channels == channels and c.kernel_size == (k, k) and c.stride == (s, s) and c.padding == (pad, pad)
+    if arch == "resnet18":
+        assert isinstance(m.backbone.maxpool, nn.MaxPool2d)
+    assert m.config["stem"] == "stock"
+    assert build_model(arch, input_channels=channels).config["stem"] == "adapted"
+    with torch.no_grad():
+        assert m.eval()(torch.randn(2, channels, 64, 64)).shape == (2,)
+
+
+def test_bad_stem_is_refused_and_small_cnn_ignores_it():
+    with pytest.raises(ValueError, match="stem must be one of adapted, stock"):
+        build_model("resnet18", stem="patchify")
+    assert build_model("small_cnn", stem="stock").config["stem"] is None
+
+
+def test_checkpoint_rebuilds_the_stem(monkeypatch):
+    """model_from_checkpoint builds the stem the checkpoint was trained with (and 'adapted' for old ones)."""
+    import darkhaloscope.model.checkpoint as C
+
+    monkeypatch.setattr(C.Preprocess, "from_checkpoint", staticmethod(lambda ck: None))  # only the model here
+    torch.manual_seed(1)
+    m = build_model("resnet18", stem="stock").eval()
+    got, _ = C.model_from_checkpoint({"model_config": dict(m.config), "model_state": m.state_dict()})
+    assert isinstance(got.backbone.maxpool, nn.MaxPool2d)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(got(x), m(x))
+    old = {k: v for k, v in m.config.items() if k != "stem"}  # a checkpoint from before train.stem
+    with pytest.raises(RuntimeError):  # means the adapted stem: the stock weights do not fit it
+        C.model_from_checkpoint({"model_config": old, "model_state": m.state_dict()})
+
+
 # ---------------------------------------------------------------- convnext
 
 

@@ -251,7 +251,7 @@ def test_checkpoint_preprocessing_roundtrip_and_scoring(stamps_root, base_params
     np.testing.assert_allclose(st["mean"], m.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(st["std"], m.std(axis=0), rtol=1e-12)
     assert load_checkpoint(ckpt)["meta_scaler"] == st
-    assert model.config == {"arch": "small_cnn", "input_channels": 3, "dropout": 0.1, "n_meta": 2, "width": 8}
+    assert model.config == {"arch": "small_cnn", "input_channels": 3, "dropout": 0.1, "n_meta": 2, "width": 8, "stem": None}
 
     # scoring has no way to pass another preprocessing than the checkpoint's
     assert list(inspect.signature(score_files).parameters) == ["ckpt_path", "files", "batch_size"]

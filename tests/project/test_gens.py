@@ -68,8 +68,8 @@ def _apply(params_path: Path, gen: str, scale: str, extra: Path | None = None) -
 # ============================================================================ fast
 
 
-def test_the_four_generations_are_defined():
-    assert set(GEN_NAMES) == {"gen1", "gen2", "gen3", "gen5_prime"}
+def test_the_five_generations_are_defined():
+    assert set(GEN_NAMES) == {"gen1", "gen2", "gen3", "gen5", "gen5_prime", "gen6"}
 
 
 @pytest.mark.parametrize("scale", gens.SCALES)
@@ -123,6 +123,7 @@ def test_order_of_generations_does_not_leak(tmp_path, scale):
 
 
 def _check_gen1(p, scale):
+    assert p["inject"]["source_model"] == "sersic"
     assert p["train"]["arch"] == "resnet18"
     assert p["manifest"]["grid"] == "grid_small"
     assert p["manifest"]["control_type"] == "paired"
@@ -133,6 +134,7 @@ def _check_gen1(p, scale):
 
 
 def _check_gen2(p, scale):
+    assert p["inject"]["source_model"] == "sersic"
     assert p["train"]["arch"] == "convnext_tiny"
     assert p["manifest"]["grid"] == "grid_sota"
     assert p["manifest"]["control_type"] == "unpaired"
@@ -145,6 +147,7 @@ def _check_gen2(p, scale):
 
 
 def _check_gen3(p, scale):
+    assert p["inject"]["source_model"] == "sersic"
     assert p["inject"]["psf_model"] == "moffat" and p["inject"]["moffat_beta"] == 3.5
     assert p["loss"] == "focal"
     assert (p["focal"]["alpha"], p["focal"]["gamma"]) == (0.25, 2.0)
@@ -157,7 +160,19 @@ def _check_gen3(p, scale):
     assert p["train"]["dropout"] == 0.1
 
 
+def _check_gen5(p, scale):
+    assert p["train"]["input_channels"] == 3
+    assert p["inject"]["source_model"] == "cosmos" and p["inject"]["cosmos_size"] == "reff"
+    assert p["manifest"]["control_type"] == "paired"  # the same v5_cosmos_paired data as gen5_prime
+    assert p["train"]["arch"] == "resnet18" and p["train"]["ctrl_dropout"] == 0.0
+    assert not p["train"]["exclude_bricks"]
+    assert [s["lr"] for s in p["train"]["curriculum"]] == [1.0e-3]
+    if scale == "full":
+        assert p["train"]["batch_size"] == 256 and p["train"]["curriculum"][0]["epochs"] == 50
+
+
 def _check_gen5_prime(p, scale):
+    assert p["inject"]["source_model"] == "cosmos"  # v5_cosmos_paired: lensed real galaxies
     assert p["train"]["input_channels"] == 6
     assert p["manifest"]["control_type"] == "paired"  # 6 channels need the control stamp
     assert p["train"]["arch"] == "resnet18"
@@ -171,7 +186,17 @@ def _check_gen5_prime(p, scale):
     assert p["train"]["monitor"] == "val_loss"
 
 
-CHECKS = {"gen1": _check_gen1, "gen2": _check_gen2, "gen3": _check_gen3, "gen5_prime": _check_gen5_prime}
+def _check_gen6(p, scale):
+    assert p["manifest"]["control_type"] == "unpaired" and p["manifest"]["population"] == "calibrated"
+    assert p["train"]["norm_method"] == "residual" and p["train"]["core_dropout"] > 0
+    assert p["train"]["input_channels"] == 3 and p["train"]["arch"] == "resnet18"
+    assert p["mine"]["model"] == "gen2" and p["mine"]["top_k"] > 0
+    assert sum(p["survey"]["mock"]["impostor_frac"].values()) > 0   # the mock's impostors (default on)
+    assert p["train"]["stem"] == ("adapted" if scale == "full" else "stock")
+
+
+CHECKS = {"gen1": _check_gen1, "gen2": _check_gen2, "gen3": _check_gen3, "gen5": _check_gen5,
+          "gen5_prime": _check_gen5_prime, "gen6": _check_gen6}
 
 
 @pytest.mark.parametrize("scale", gens.SCALES)

@@ -105,7 +105,7 @@ def test_unknown_loss_names_valid_values(params):
     (lambda p: p["manifest"].__setitem__("grid", "grid_huge"), "manifest.grid"),
     (lambda p: p["manifest"].__setitem__("control_frac", 1.5), "manifest.control_frac"),
     (lambda p: p["manifest"].__setitem__("replicates", 0), "manifest.replicates"),
-    (lambda p: p["inject"].__setitem__("psf_kernel_size", 32), "inject.psf_kernel_size"),
+    (lambda p: p["inject"].__setitem__("psf_flux_frac", 1.0), "inject.psf_flux_frac"),
     (lambda p: p["train"].__setitem__("input_channels", 4), "train.input_channels"),
 ])
 def test_semantic_checks(params, mutate, where):

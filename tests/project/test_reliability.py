@@ -561,9 +561,20 @@ def test_unpaired_controls_and_injected_galaxies_are_disjoint(mock_parent_manife
     assert p["manifest"]["control_type"] == "unpaired"
     ctrl = manifest.column("is_control").to_numpy() == 1
     rid = manifest.column("row_id").to_numpy()
+    split = manifest.column("split").to_numpy(zero_copy_only=False).astype(str)
     assert ctrl.any() and (~ctrl).any()
-    assert not set(rid[ctrl]) & set(rid[~ctrl])
-    assert all(summary["splits"][s]["galaxies_in_both"] == 0 for s in summary["splits"])
+    # training: a galaxy is either a control or injected, never both
+    tr = split == "train"
+    assert not set(rid[tr & ctrl]) & set(rid[tr & ~ctrl])
+    assert summary["splits"]["train"]["galaxies_in_both"] == 0
+    # val / test with manifest.eval_negatives: every galaxy is also an un-injected evaluation negative,
+    # so the injected galaxies there are exactly those that also appear as controls
+    assert p["manifest"]["eval_negatives"]
+    for s in ("val", "test"):
+        sel = split == s
+        inj, neg = set(rid[sel & ~ctrl]), set(rid[sel & ctrl])
+        assert inj and inj <= neg
+        assert summary["splits"][s]["galaxies_in_both"] == len(inj)
 
 
 def _sep_arcsec(ra1, dec1, ra2, dec2) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -457,3 +458,189 @@ def test_training_and_scoring_accept_the_seeds_layout(seeds, tmp_path, monkeypat
     table, summary = score_files(str(tmp_path / "model" / "best.pt"), list_stamp_files(cache, "test"))
     n, failed, r_only = _expect(truth, "test")
     assert table.num_rows == summary["kept"] == n - failed - r_only
+
+
+# ----------------------------------------------------------------------------- inflaters
+
+
+def _inflater_or_skip(name: str):
+    try:
+        return S._load_inflater(name)
+    except OSError as exc:
+        pytest.skip(f"{name} not loadable here: {exc}")
+
+
+def _odd_blobs() -> dict[str, bytes]:
+    """Ordinary blobs and corrupt ones (each inflater must agree with np.load on every one)."""
+    rng = np.random.default_rng(3)
+    img = (rng.normal(0.0, 0.01, (3, 64, 64)) + 0.5).astype(np.float32)
+    img.view(np.uint32)[0, 0, :3] = [0x7FC00001, 0x80000000, 0x00000001]  # a NaN payload, -0.0, a denormal
+    good = _blob({"image_g": img[0], "image_r": img[1], "image_z": img[2]})
+    out = {"float32": good, "r_only": _blob({"image_r": img[1]}),
+           "float64": _blob({"image_g": img[0].astype(np.float64), "image_r": img[1], "image_z": img[2]}),
+           "truncated": good[:-40]}
+    body = bytearray(good)
+    body[200] ^= 0xFF  # inside the first member's deflate stream
+    out["flipped_byte"] = bytes(body)
+    body = bytearray(good)
+    body[14] ^= 0x01  # the first local header's CRC-32 (the central directory's is still right)
+    out["local_crc"] = bytes(body)
+    return out
+
+
+def _outcome(fn, blob) -> tuple:
+    try:
+        arr, mask = fn(blob)
+    except ValueError:
+        return ("error",)
+    return ("ok", _bits(arr).tobytes(), mask)
+
+
+@pytest.mark.parametrize("name", ["zlib", "libdeflate"])
+def test_each_inflater_gives_np_loads_arrays_and_decisions(name, monkeypatch):
+    """The fast decoder with either inflater: the same arrays (bit for bit) and the same accept / reject
+    decisions as np.load, and the ordinary blobs are decoded by the fast path itself."""
+    monkeypatch.setattr(S, "_INFLATER", _inflater_or_skip(name))
+    blobs = _odd_blobs()
+    want = {k: _outcome(S.decode_stamp_npz_reference, b) for k, b in blobs.items()}
+    assert [k for k, w in want.items() if w[0] == "error"] == ["truncated", "flipped_byte"]
+    for k, b in blobs.items():
+        assert _outcome(S.decode_stamp_npz, b) == want[k], k
+        assert _outcome(S.decode_stamp_npz, memoryview(b)) == want[k], k
+    ordinary = ("float32", "r_only", "float64")
+    monkeypatch.setattr(S, "decode_stamp_npz_reference", lambda *a, **k: pytest.fail("deferred to np.load"))
+    for k in ordinary:
+        assert _outcome(S.decode_stamp_npz, blobs[k]) == want[k], k
+
+
+def test_libdeflate_inflater_is_thread_safe(monkeypatch):
+    """Each thread inflates into its own buffer: decoding from 8 threads at once gives the sequential arrays
+    (with one buffer shared by the threads, one or two of these 480 decodes came out wrong)."""
+    import sys
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        _decode_from_threads(monkeypatch)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def _decode_from_threads(monkeypatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(S, "_INFLATER", _inflater_or_skip("libdeflate"))
+    rng = np.random.default_rng(5)
+    blobs = [_blob({f"image_{b}": (rng.normal(0, 0.01, (64, 64)) + i).astype(np.float32) for b in "grz"})
+             for i in range(24)]
+    want = [_bits(S.decode_stamp_npz_reference(b)[0]).tobytes() for b in blobs]
+    with ThreadPoolExecutor(8) as ex:
+        for _ in range(20):
+            got = list(ex.map(lambda b: _bits(S.decode_stamp_npz(b)[0]).tobytes(), blobs))
+            assert got == want
+
+
+def test_conversion_bytes_do_not_depend_on_the_inflater(seeds, converted, tmp_path, monkeypatch):
+    root, _ = seeds
+    dst, _ = converted  # (made with the default inflater, libdeflate where it loads)
+    for name in ("zlib", "libdeflate"):
+        try:
+            monkeypatch.setattr(S, "_INFLATER", S._load_inflater(name))
+        except OSError:
+            continue
+        out = tmp_path / name
+        S.convert_seeds_to_stamps(root, out, workers=2, progress=False)
+        for split in N_ROWS:
+            for fa, fb in zip(list_stamp_files(dst, split), list_stamp_files(out, split), strict=True):
+                assert Path(fa).read_bytes() == Path(fb).read_bytes(), (name, fb)
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+SLOW_INFLATE = """
+import sys, time
+sys.path.insert(0, {src!r})
+from darkhaloscope.stamps import seeds as S
+_inner = S._INFLATER
+
+class _Slow:  # so that the conversion is still running when the test presses Ctrl-C
+    name = "slow"
+    def inflate(self, *a):
+        time.sleep(0.02)
+        return _inner.inflate(*a)
+
+S._INFLATER = _Slow()
+"""
+CLI_CHILD = SLOW_INFLATE + """
+sys.exit(S.main([{src_root!r}, {dst!r}, "--workers", "2", "--no-progress"]))
+"""
+STAGE_CHILD = SLOW_INFLATE + """
+sys.path.insert(0, {stages!r})
+import _common
+
+def main(p):
+    S.resolve_stamp_root({src_root!r}, {dst!r}, workers=2, progress=False)
+
+_common.run("train", main)
+"""
+
+
+def _ctrl_c_during_conversion(script: str, dst) -> tuple[int, str]:
+    """Run ``script`` in its own process group, press Ctrl-C (SIGINT to the group, as a terminal does)
+    once its conversion writes into the temporary directory; (exit status, stderr)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ)
+    env.pop("DHS_TRACEBACK", None)
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        while not list(dst.parent.glob(dst.name + ".tmp-*")):
+            assert proc.poll() is None, f"ended (rc {proc.returncode}) before converting: {proc.stderr.read()}"
+            assert time.monotonic() - t0 < 120, "the conversion did not start within 120 s"
+            time.sleep(0.01)
+        time.sleep(0.3)  # the workers are decoding
+        assert proc.poll() is None, "the conversion ended before Ctrl-C"
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with pytest.raises(ProcessLookupError):  # no worker process outlived it
+        os.killpg(proc.pid, 0)
+    return proc.returncode, err
+
+
+def _src_dir() -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
+
+
+def test_ctrl_c_in_the_cli_exits_130_with_one_line(seeds, tmp_path):
+    root, _ = seeds
+    dst = tmp_path / "out"
+    rc, err = _ctrl_c_during_conversion(CLI_CHILD.format(src=_src_dir(), src_root=str(root), dst=str(dst)), dst)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("[seeds_format] ")]  # (log lines)
+    assert rc == 130 and lines == ["seeds_format: error: interrupted (nothing was written)"], err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert not dst.exists() and not list(tmp_path.glob("out.tmp-*"))
+
+
+def test_ctrl_c_in_a_stage_converting_seeds_data_exits_130_with_one_line(seeds, tmp_path):
+    """Stage train converting a seeds root (resolve_stamp_root): Ctrl-C ends it through stages/_common.run
+    with status 130 and one line; no cache, temporary directory or lock file is left."""
+    root, _ = seeds
+    dst = tmp_path / "cache"
+    stages = os.path.join(os.path.dirname(_src_dir()), "stages")
+    rc, err = _ctrl_c_during_conversion(
+        STAGE_CHILD.format(src=_src_dir(), stages=stages, src_root=str(root), dst=str(dst)), dst)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("[train] seeds ")]  # (log lines)
+    assert rc == 130, err
+    assert lines == ["[train] interrupted (Ctrl-C / SIGINT): stopped; outputs being written were discarded"], err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert not dst.exists() and not list(tmp_path.glob("cache.tmp-*"))
+    assert not os.path.exists(S.lock_path(dst))

@@ -78,21 +78,12 @@ def test_params_validate_stamp_set(tmp_path):
 
 @pytest.mark.slow
 def test_s3_set_mirrored_then_kept_in_step(tmp_path, monkeypatch):
-    import boto3
     import s3fs
 
-    from _s3 import _DROP_ENV, moto_server
+    from _s3 import s3_bucket
 
-    for k in _DROP_ENV:
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     local = _ours(tmp_path / "src")
-    with moto_server(tmp_path) as endpoint:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="lenses")
+    with s3_bucket(tmp_path, monkeypatch, "lenses") as (_, s3):
         for split in ("train", "val", "test"):
             s3.upload_file(str(local / split / "part-00000.parquet"), "lenses", f"sets/g5/{split}/part-00000.parquet")
         s3.put_object(Bucket="lenses", Key="sets/g5/train/_SUCCESS", Body=b"")

@@ -17,7 +17,7 @@ from scipy import integrate
 from scipy.special import erf
 
 from darkhaloscope.errors import ParamsError
-from darkhaloscope.lensing import Injector, convolve, get_engine, psf_kernel, render
+from darkhaloscope.lensing import Injector, convolve, fast, get_engine, psf, psf_kernel, render
 from darkhaloscope.lensing.render import mag_to_nmgy
 from darkhaloscope.stamps.cutout import (BrickCoadds, cut, cutout_origin, known_lens_rows, process_brick,
                                         psf_fwhm_used)
@@ -263,22 +263,45 @@ def test_known_lens_rows():
 # --------------------------------------------------------------------------
 # the Injector (darkhaloscope.lensing.injector) behind process_brick
 # --------------------------------------------------------------------------
-def previous_path_stamp(row, clean, iv_r, dx, dy, fw, inj, engine):
-    """The stamp and measurements as process_brick computed them inline before the Injector."""
+def reference_stamp(row, clean, iv_r, dx, dy, fw, inj, engine):
+    """The stamp and measurements from the injection's parts called directly: the sub-pixel phase images
+    (fast: ``render_phase_images``; lenstronomy: ``ArcRenderer`` on the grid of phases), the phase PSF
+    kernels of ``psf.phase_kernels`` (side from ``psf.kernel_size``) and the phase convolution."""
+    ps, ss = float(inj["pixel_scale"]), int(inj["supersample"])
+    s_c = psf.phase_factor(ss)
+    cols = ("theta_e_arcsec", "lens_q", "lens_phi_deg", "gamma1", "gamma2", "src_x_arcsec", "src_y_arcsec",
+            "src_reff_arcsec", "src_e", "src_phi_deg")
+    kernels = [psf.phase_kernels(inj["psf_model"], f, float(inj["moffat_beta"]), ps, s_c,
+                                 psf.kernel_size(inj["psf_model"], f, float(inj["moffat_beta"]), ps,
+                                                 float(inj["psf_flux_frac"])), oversample=8) for f in fw]
+    fluxes = render.source_band_fluxes(row["src_mag_r"], row["src_gr"], row["src_rz"])
+    if engine == "fast":
+        phases = fast.render_phase_images({k: row[c] for k, c in zip(fast.PARAM_KEYS, cols)}, [(32 + dx, 32 + dy)],
+                                          64, ps, ss)
+        arc = convolve.inject_phases_batch(phases, [fluxes], kernels)[0]
+    else:
+        cells = render.ArcRenderer(64 * s_c, ps / s_c, ss // s_c, max_supersample=32 // s_c)
+        phases = render.phase_images(cells, s_c, *(row[c] for c in cols), center=(32 + dx, 32 + dy))[None]
+        arc = render.inject_phases(phases[0], fluxes, kernels)
+    stamp = clean.copy()
+    stamp += arc
+    return arc, stamp, {"magnification": float(phases[0].sum()), "arc_snr": render.arc_snr_peak(arc[1], iv_r),
+                        "arc_snr_int": render.arc_snr_integrated(arc[1], iv_r), "arc_flux_r": float(arc[1].sum()),
+                        "theta_e_over_psf": float(row["theta_e_arcsec"]) / fw[1]}
+
+
+def previous_path_stamp(row, dx, dy, fw, inj, engine, size=33):
+    """The arc of the injection before the sub-pixel phases: the unit image binned to pixels, convolved with
+    a pixel-integrated 33-pixel kernel (the arc's peak came out 1-4% low)."""
     renderer = get_engine(engine, 64, float(inj["pixel_scale"]), int(inj["supersample"]))
-    inject = convolve.inject_bands if engine == "fast" else render.inject_bands
-    kernels = [psf_kernel(inj["psf_model"], f, float(inj["moffat_beta"]), float(inj["pixel_scale"]),
-                          int(inj["psf_kernel_size"]), 5) for f in fw]
+    kernels = [psf_kernel(inj["psf_model"], f, float(inj["moffat_beta"]), float(inj["pixel_scale"]), size, 5)
+               for f in fw]
     unit = renderer.lensed_unit_image(
         row["theta_e_arcsec"], row["lens_q"], row["lens_phi_deg"], row["gamma1"], row["gamma2"],
         row["src_x_arcsec"], row["src_y_arcsec"], row["src_reff_arcsec"], row["src_e"],
         row["src_phi_deg"], center=(32 + dx, 32 + dy), n_sersic=1.0)
-    arc = inject(unit, render.source_band_fluxes(row["src_mag_r"], row["src_gr"], row["src_rz"]), kernels)
-    stamp = clean.copy()
-    stamp += arc.astype(np.float32)
-    return arc, stamp, {"magnification": float(unit.sum()), "arc_snr": render.arc_snr_peak(arc[1], iv_r),
-                        "arc_snr_int": render.arc_snr_integrated(arc[1], iv_r), "arc_flux_r": float(arc[1].sum()),
-                        "theta_e_over_psf": float(row["theta_e_arcsec"]) / fw[1]}
+    return unit, render.inject_bands(unit, render.source_band_fluxes(row["src_mag_r"], row["src_gr"],
+                                                                     row["src_rz"]), kernels)
 
 
 SOME_ROWS = [  # (brick x, y, injection overrides)
@@ -291,12 +314,14 @@ SOME_ROWS = [  # (brick x, y, injection overrides)
 
 
 @pytest.mark.parametrize("engine", ["lenstronomy", "fast"])
-def test_injector_gives_the_previous_process_brick_arcs(coadd_root, inj, engine):
+def test_injector_gives_the_reference_arcs(coadd_root, inj, engine):
     inj = {**inj, "engine": engine}
     rows = [injected_row(*sky(*xy), sample_id=10 + i, **kw) for i, (xy, kw) in enumerate(SOME_ROWS)]
     out = process_brick(BRICK, rows, str(coadd_root), inj, want_clean=frozenset(r["sample_id"] for r in rows))
     injector = Injector.from_params(inj)
-    assert injector.engine == engine and injector.renderer is get_engine(engine, 64, 0.262, 4)
+    assert injector.engine == engine and injector.s_c == 4
+    r = injector.renderer                                                      # the grid of 4 x 4 phases
+    assert (r.n_pix, r.pixel_scale, r.supersample) == (64 * 4, 0.262 / 4, 1)
     co = BrickCoadds(str(coadd_root), BRICK)
     for row, res in zip(rows, out):
         assert res["cutout_ok"] == 1
@@ -304,13 +329,28 @@ def test_injector_gives_the_previous_process_brick_arcs(coadd_root, inj, engine)
         assert (dx, dy) == (res["x_offset_pix"], res["y_offset_pix"])
         fw = [res[f"psf_fwhm_used_{b}"] for b in "grz"]
         iv_r = cut(co.invvar["r"], x0, y0, 64)
-        arc_ref, stamp_ref, info_ref = previous_path_stamp(row, res["clean"], iv_r, dx, dy, fw, inj, engine)
+        arc_ref, stamp_ref, info_ref = reference_stamp(row, res["clean"], iv_r, dx, dy, fw, inj, engine)
         np.testing.assert_array_equal(res["stamp"], stamp_ref)  # bit for bit
         assert {k: res[k] for k in info_ref} == info_ref
         arc, info = injector.inject(row, (32 + dx, 32 + dy), iv_r, fw)
         assert arc.dtype == np.float32 and arc.shape == (3, 64, 64)
         np.testing.assert_array_equal(arc, arc_ref)
         assert info == info_ref
+        # against the previous bin-then-convolve path: the same lensed flux and arc flux (the physics did not
+        # change), a higher peak (the second pixel box and the 33-pixel truncation are gone)
+        unit_old, arc_old = previous_path_stamp(row, dx, dy, fw, inj, engine)
+        assert info["magnification"] == pytest.approx(float(unit_old.sum()), rel=2e-3)
+        assert arc[1].sum() == pytest.approx(float(arc_old[1].sum()), rel=5e-3)
+        assert arc[1].max() > arc_old[1].max()
+    # the batch call (one per brick, what process_brick makes) gives the same bytes as stamp by stamp
+    centers = [(32 + r["x_offset_pix"], 32 + r["y_offset_pix"]) for r in out]
+    fws = [[r[f"psf_fwhm_used_{b}"] for b in "grz"] for r in out]
+    ivs = [np.full((64, 64), 50.0)] * len(rows)
+    arcs, infos = injector.inject_batch(rows, centers, ivs, fws)
+    for i in range(len(rows)):
+        one, info = injector.inject(rows[i], centers[i], ivs[i], fws[i])
+        np.testing.assert_array_equal(arcs[i], one)
+        assert infos[i] == info
 
 
 def test_injector_builds_psf_kernels_once_per_brick_and_band(coadd_root, inj, monkeypatch):
@@ -318,11 +358,11 @@ def test_injector_builds_psf_kernels_once_per_brick_and_band(coadd_root, inj, mo
 
     built = []
 
-    def counting_psf_kernel(model, fwhm, *args):
+    def counting_phase_kernels(model, fwhm, *args, **kw):
         built.append(fwhm)
-        return psf_kernel(model, fwhm, *args)
+        return psf.phase_kernels(model, fwhm, *args, **kw)
 
-    monkeypatch.setattr(injector_module, "psf_kernel", counting_psf_kernel)
+    monkeypatch.setattr(injector_module, "phase_kernels", counting_phase_kernels)
     ra, dec = sky(110.0, 110.0)
     rows = [injected_row(ra, dec, 1), injected_row(ra, dec, 2), control_row(ra, dec, 3),
             injected_row(ra, dec, 4, psfsize_z=0.0),   # z falls back to r (1.2"): one new kernel
@@ -341,14 +381,16 @@ def test_injector_builds_psf_kernels_once_per_brick_and_band(coadd_root, inj, mo
 
 
 def test_injector_takes_the_engine_from_the_params(inj):
+    import darkhaloscope.lensing.injector as injector_module
+
     with pytest.raises(ParamsError, match="engine"):
         Injector.from_params({k: v for k, v in inj.items() if k != "engine"})
     with pytest.raises(ValueError, match="engine must be one of"):
         Injector.from_params({**inj, "engine": "gpu"})
     assert Injector.from_params(inj).engine == inj["engine"] == "fast"
-    assert Injector.from_params(inj).inject_bands is convolve.inject_bands
+    assert Injector.from_params(inj).inject_phases is convolve.inject_phases_batch
     ref = Injector.from_params({**inj, "engine": "lenstronomy"}, bands=("g", "r"))
-    assert ref.inject_bands is render.inject_bands and ref.bands == ("g", "r") and ref.r == 1
+    assert ref.inject_phases is injector_module._reference_inject and ref.bands == ("g", "r") and ref.r == 1
     # a pickled copy (a Spark task's) is rebuilt from the parameters, with no kernels yet
     ref.psf_kernels(BRICK, [1.0, 1.1])
     copy = pickle.loads(pickle.dumps(ref))

@@ -20,23 +20,9 @@ BRICKS = ("1500p005", "1510p005")
 
 @pytest.fixture
 def s3_coadds(tmp_path, monkeypatch):
-    import boto3
-    import s3fs
-    from _s3 import moto_server
+    from _s3 import s3_bucket
 
-    for k in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_S3", "HTTP_PROXY", "HTTPS_PROXY",
-              "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(k, raising=False)
-    with moto_server(tmp_path) as endpoint:
-        for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                     "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1",
-                     "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
-                     "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
-                     "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}.items():
-            monkeypatch.setenv(k, v)
-        s3fs.S3FileSystem.clear_instance_cache()
-        client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket=BUCKET)
+    with s3_bucket(tmp_path, monkeypatch, BUCKET) as (_, client):
         content = {}
         for i, brick in enumerate(BRICKS):
             for j, band in enumerate("grz"):
@@ -47,7 +33,6 @@ def s3_coadds(tmp_path, monkeypatch):
                     content[rel] = bytes((i + j + n) % 256 for n in range(3000 + 100 * j))
                     client.put_object(Bucket=BUCKET, Key=f"dr10/south/{rel}", Body=content[rel])
         yield f"s3://{BUCKET}/dr10/south", client, content
-        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_manifest_and_cache_on_s3(s3_coadds, tmp_path):

@@ -22,9 +22,7 @@ BUCKET = "dhs-release"
 @pytest.fixture
 def s3_release(tmp_path, monkeypatch):
     """A local dr10/ tree, uploaded to s3://dhs-release/dr10/; yields (local south, s3 south)."""
-    import boto3
-    import s3fs
-    from _s3 import moto_server
+    from _s3 import s3_bucket
 
     dr10 = tmp_path / "local" / "dr10"
     south = dr10 / "south"
@@ -37,23 +35,10 @@ def s3_release(tmp_path, monkeypatch):
                   {"RELEASE": np.zeros(3, np.int16)})
     fits.BinTableHDU.from_columns([fits.Column("RA", "D", array=np.array([150.1])),
                                    fits.Column("DEC", "D", array=np.array([0.1]))]).writeto(south / "known_lenses.fits")
-    for k in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_S3", "HTTP_PROXY", "HTTPS_PROXY",
-              "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(k, raising=False)
-    with moto_server(tmp_path) as endpoint:
-        for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                     "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1",
-                     "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
-                     "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
-                     "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}.items():
-            monkeypatch.setenv(k, v)
-        s3fs.S3FileSystem.clear_instance_cache()
-        client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket=BUCKET)
+    with s3_bucket(tmp_path, monkeypatch, BUCKET) as (_, client):
         for f in sorted(p for p in dr10.rglob("*") if p.is_file()):
             client.upload_file(str(f), BUCKET, f"dr10/{f.relative_to(dr10).as_posix()}")
         yield south, f"s3://{BUCKET}/dr10/south", client
-        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_release_layout_on_s3(s3_release, shipped_params_raw, monkeypatch):

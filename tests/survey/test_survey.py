@@ -243,14 +243,15 @@ def _tree(root: Path) -> dict:
 def test_mock_survey_layout_and_byte_identical(mock_survey, tmp_path):
     survey, root, summary = mock_survey
     assert summary == {"n_bricks": 2, "n_objects": summary["n_objects"], "n_known_lenses": 1,
-                       "brick_size_pix": 200}
+                       "brick_size_pix": 200,
+                       "impostors": {c: 0 for c in ("ring", "spiral", "merger", "edge_on", "clumpy", "pair")}}
     assert [b[0] for b in survey.bricks] == ["1500p005", "1510p005"]
     first = _tree(root)
     for brick in ("1500p005", "1510p005"):
         for band in "grz":
             for kind in ("image", "invvar"):
                 assert coadd_relpath(brick, band, kind) in first
-    assert "known_lenses.fits" in first and "survey-bricks.fits" in first
+    assert "known_lenses.fits" in first and "survey-bricks.fits" in first and "impostors.fits" in first
     assert any(k.startswith("sweep/sweep-") for k in first)
     # a second write of the same config gives the same bytes, file by file
     again = tmp_path / "again" / "survey"

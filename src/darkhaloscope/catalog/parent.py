@@ -25,9 +25,10 @@ import numpy as np
 import pyarrow as pa
 
 from darkhaloscope.catalog import selection
-from darkhaloscope.constants import SPLITS, nmgy_to_mag
+from darkhaloscope.constants import IMPOSTOR_CLASSES, NO_IMPOSTOR, SPLITS, nmgy_to_mag
 from darkhaloscope.errors import SurveyError
 from darkhaloscope.spark_session import spark_session
+from darkhaloscope.survey import fs
 from darkhaloscope.survey.known_lenses import (DEFAULT_LENSCAT_RECALL, lenscat_counts, match_within,
                                                read_known_lenses, read_lenscat, select_lenscat)
 from darkhaloscope.survey.sweeps import (CHUNK_BYTES, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, SweepFile, check_types,
@@ -216,6 +217,51 @@ def _select_spark(files: list[tuple[str, int]], args: tuple, sp: dict, chunk_byt
     return [value for _, value in out]
 
 
+def impostor_column(root: str, spec: str, brickname: np.ndarray, objid: np.ndarray) -> np.ndarray:
+    """The ``impostor`` class of each parent row from the side table ``spec`` under ``root``
+    (survey.impostors: FITS with BRICKNAME, OBJID, IMPOSTOR); ``none`` for rows it does not list, and
+    for every row when ``spec`` is "" or the survey has no such file (a real DR10 release: logged, and
+    the parent summary's ``impostor_table`` says so). A malformed table is a SurveyError naming it."""
+    out = np.full(len(brickname), NO_IMPOSTOR, dtype=object)
+    if not spec:
+        return out.astype(str)
+    path = fs.join(root, spec)
+    try:
+        raw = fs.read_bytes(path)
+    except FileNotFoundError:
+        log.info("no impostor side table %s (survey.impostors): every parent galaxy's impostor is %r",
+                 path, NO_IMPOSTOR)
+        return out.astype(str)
+    import io
+
+    from astropy.io import fits
+
+    try:
+        with fits.open(io.BytesIO(raw), memmap=False) as hdul:
+            tab = hdul[1].data
+            names = {n.upper(): n for n in tab.columns.names}
+            missing = [c for c in ("BRICKNAME", "OBJID", "IMPOSTOR") if c not in names]
+            if missing:
+                raise SurveyError(f"{path}: impostor side table lacks column(s) {', '.join(missing)} "
+                                  f"(expected BRICKNAME, OBJID, IMPOSTOR)")
+            bricks = np.char.strip(np.asarray(tab[names["BRICKNAME"]]).astype("U"))
+            ids = np.asarray(tab[names["OBJID"]]).astype(np.int64)
+            cls = np.char.strip(np.asarray(tab[names["IMPOSTOR"]]).astype("U"))
+    except SurveyError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError) as e:
+        raise SurveyError(f"{path}: not a readable FITS impostor table ({type(e).__name__}: {e})") from None
+    bad = sorted(set(cls.tolist()) - set(IMPOSTOR_CLASSES))
+    if bad:
+        raise SurveyError(f"{path}: column IMPOSTOR holds {bad}; expected classes {', '.join(IMPOSTOR_CLASSES)}")
+    lookup = dict(zip(zip(bricks.tolist(), ids.tolist()), cls.tolist()))
+    for i, key in enumerate(zip(np.asarray(brickname).astype(str).tolist(), np.asarray(objid).tolist())):
+        c = lookup.get(key)
+        if c is not None:
+            out[i] = c
+    return out.astype(str)
+
+
 def build_parent(params: dict, engine: str | None = None,
                  chunk_bytes: int = CHUNK_BYTES) -> tuple[pa.Table, dict]:
     """Return (parent table sorted by row_id, summary dict of counts).
@@ -284,8 +330,10 @@ def finish_parent(cat: dict, counts: dict, n_files: int, params: dict) -> tuple[
     else:
         known = read_known_lenses(sv["root"], sv["known_lenses"])
         near, sep = match_within(cols["ra"], cols["dec"], known["ra"], known["dec"], radius)
+    impostor = impostor_column(sv["root"], sv["impostors"], cols["brickname"], cols["objid"])
     table = pa.table({"row_id": rid, **cols, "healpix": hp, "split": split,
-                      "near_known_lens": near, "known_lens_sep_arcsec": np.minimum(sep, 1e6)})
+                      "near_known_lens": near, "known_lens_sep_arcsec": np.minimum(sep, 1e6),
+                      "impostor": impostor})
     summary = {
         "variant": variant,
         "deredden": bool(sel["deredden"]),
@@ -296,6 +344,9 @@ def finish_parent(cat: dict, counts: dict, n_files: int, params: dict) -> tuple[
         "splits": {s: int((split == s).sum()) for s in SPLITS},
         "healpix_regions": {s: int(len(np.unique(hp[split == s]))) for s in SPLITS},
         "near_known_lens": int(near.sum()),
+        "impostor_table": (fs.join(sv["root"], sv["impostors"])
+                           if sv["impostors"] and fs.exists(fs.join(sv["root"], sv["impostors"])) else None),
+        "impostors": {s: {c: int(((split == s) & (impostor == c)).sum()) for c in IMPOSTOR_CLASSES} for s in SPLITS},
     }
     if lenscat_report is not None:
         summary["known_lenses"] = lenscat_report

@@ -16,6 +16,10 @@ threshold from params (``gates``), and a model should pass all of them:
   the pixels within ``mask_radius`` of the centre are replaced by noise drawn from the same
   stamp's outer annulus (r >= ``mask_outer_radius``). Large: the model's decisions rest on
   the core.
+- ``gate_hard_negative_auroc`` (>= ``hard_negative_auroc_min``): the CNN's AUROC of the test
+  positives against the test split's lens impostors (rings, spirals, mergers, edge-on discs,
+  blue clumps, close pairs: the parent's ``impostor`` column). Low: arc-like light that is not
+  lensed fools it. Not computable (no impostors in the test split) counts as not passed.
 
 Units: stamps are float32 nanomaggies (B, 3, H, W); radii and sizes in pixels from the stamp
 centre (H // 2, W // 2). Physics-free and I/O-free: callers pass arrays.
@@ -32,6 +36,7 @@ GATES: dict[str, tuple[str, str]] = {
     "gate_core_lr_auroc": ("core_lr_auroc_max", "max"),
     "gate_radial_lr_auroc": ("radial_lr_auroc_max", "max"),
     "gate_core_masked_drop": ("core_masked_drop_max", "max"),
+    "gate_hard_negative_auroc": ("hard_negative_auroc_min", "min"),
 }
 
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 import torch
 
 from darkhaloscope import metrics as M
+from darkhaloscope.constants import IMPOSTOR_CLASSES, NO_IMPOSTOR
 from darkhaloscope.model import Preprocess, model_from_checkpoint
 from darkhaloscope.plotting import rgb, save_figure
 from darkhaloscope.evaluation import gates as G
@@ -102,12 +103,50 @@ def shortcut_auroc(labels: np.ndarray, feats: np.ndarray, seed: int = 0) -> floa
     return None if p is None else M.auroc(labels, p)
 
 
-def shortcut_gates(ckpt_path: str, rows: dict, labels: np.ndarray, g: dict, seed: int) -> dict:
+def impostor_metrics(test: pa.Table, thresholds: dict) -> dict:
+    """Per lens-impostor class of the test split: its count, false-positive rate at each val-derived
+    threshold and the AUROC of the test positives against that class; the same against every
+    impostor together (``hard_negative_auroc``, the value of ``gate_hard_negative_auroc``); and the
+    evaluation set's negatives count with the smallest resolvable FPR (1 / n_neg).
+
+    ``test``: score table (label 1 = lens, score, optional ``impostor`` column; without it there
+    are no impostors); ``thresholds``: :func:`val_thresholds`. Rates of a class absent from the
+    split, and AUROCs without positives, are None.
+    """
+    y, s = _col(test, "label"), _col(test, "score")
+    imp = (_col(test, "impostor").astype(str) if "impostor" in test.column_names
+           else np.full(len(y), NO_IMPOSTOR))
+    n_neg = int((y == 0).sum())
+    pos = s[y == 1]
+    out = {"eval_n_neg": n_neg, "min_resolvable_fpr": 1.0 / n_neg if n_neg else None}
+
+    def auroc_vs(neg):
+        if not len(pos) or not len(neg):
+            return None
+        return float(M.auroc(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+
+    for c in IMPOSTOR_CLASSES:
+        sc = s[(y == 0) & (imp == c)]
+        out[f"impostor_{c}_n"] = len(sc)
+        for name, t in thresholds.items():
+            n_fp = int((sc >= t).sum()) if math.isfinite(t) else 0
+            out[f"impostor_{c}_fpr@{name}"] = n_fp / len(sc) if len(sc) else None
+            out[f"impostor_{c}_n_fp@{name}"] = n_fp
+        out[f"impostor_{c}_auroc"] = auroc_vs(sc)
+    hard = s[(y == 0) & (imp != NO_IMPOSTOR)]
+    out["impostor_n"] = len(hard)
+    out["hard_negative_auroc"] = auroc_vs(hard)
+    return out
+
+
+def shortcut_gates(ckpt_path: str, rows: dict, labels: np.ndarray, g: dict, seed: int,
+                   hard_negative_auroc: float | None = None) -> dict:
     """Every gate of :mod:`darkhaloscope.evaluation.gates` on test rows, with thresholds and flags.
 
     ``rows``: :func:`read_rows` output (``stamp`` (B, 3, H, W) nanomaggies, optional
     ``ctrl_stamp``, the model's meta columns) of the kept test rows; ``labels`` 1 = lens;
-    ``g``: the params ``gates`` section. Also reports the core and radial regressions' own
+    ``g``: the params ``gates`` section; ``hard_negative_auroc``: the CNN's AUROC of positives
+    against the test impostors (:func:`impostor_metrics`; None: not computable). Also reports the core and radial regressions' own
     tpr@fpr1e-2 / 1e-3 (``core_lr_*``, ``radial_lr_*``) and the masked CNN's AUROC and
     tpr@fpr1e-2 (``cnn_core_masked_*``), all on the same rows.
     """
@@ -132,7 +171,8 @@ def shortcut_gates(ckpt_path: str, rows: dict, labels: np.ndarray, g: dict, seed
     out.update({"cnn_core_masked_auroc": drop_auc, "cnn_core_masked_tpr@fpr1e-2": float(t1),
                 "gate_core_masked_tpr@fpr1e-2_drop": float((t0 - t1) / t0) if t0 > 0 else None})
     values = {"gate_core_lr_auroc": out["core_lr_auroc"], "gate_radial_lr_auroc": out["radial_lr_auroc"],
-              "gate_core_masked_drop": float((base - drop_auc) / base) if np.isfinite(base) and base > 0 else None}
+              "gate_core_masked_drop": float((base - drop_auc) / base) if np.isfinite(base) and base > 0 else None,
+              "gate_hard_negative_auroc": hard_negative_auroc}
     return {**G.check(values, g), **out}
 
 

@@ -11,15 +11,22 @@ Modules: :mod:`~darkhaloscope.lensing.psf` (kernels), :mod:`~darkhaloscope.lensi
 :mod:`~darkhaloscope.lensing.injector` (:class:`Injector`, :func:`get_engine`).
 
 Engines (``params.yaml`` ``inject.engine``, see :func:`~darkhaloscope.lensing.injector.engine_parts`):
-``lenstronomy`` -- :class:`ArcRenderer` with ``render.inject_bands`` (reference); ``fast`` --
-:class:`darkhaloscope.lensing.fast.FastRenderer` with ``convolve.inject_bands`` (numba, same
-result; imported on first use so that numba is loaded only when needed).
+``lenstronomy`` -- :class:`ArcRenderer` on the grid of sub-pixel phases with
+``render.inject_phases`` (reference); ``fast`` -- ``fast.render_phase_images`` with
+``convolve.inject_phases_batch`` (numba; imported on first use so that numba is loaded only
+when needed). Both bin the rays into the ``s_c x s_c`` phases of each pixel
+(:func:`phase_factor`) and convolve each phase with the PSF integrated over the pixel box as
+seen from it (:func:`phase_kernels`, side from :func:`kernel_size`); see
+:mod:`~darkhaloscope.lensing.injector`.
 """
 
 from darkhaloscope.lensing.psf import (
     PSF_MODELS,
     fwhm_to_sigma,
     gaussian_kernel,
+    kernel_size,
+    phase_factor,
+    phase_kernels,
     measured_fwhm,
     moffat_alpha,
     moffat_kernel,
@@ -49,6 +56,9 @@ __all__ = [
     "PSF_MODELS",
     "fwhm_to_sigma",
     "gaussian_kernel",
+    "kernel_size",
+    "phase_factor",
+    "phase_kernels",
     "measured_fwhm",
     "moffat_alpha",
     "moffat_kernel",

@@ -21,6 +21,8 @@ scaled by the band fluxes, nanomaggies); kernels dimensionless (sum 1). No I/O.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -28,7 +30,8 @@ from darkhaloscope.constants import BANDS
 from darkhaloscope.lensing.fast import _JIT_EXACT
 from darkhaloscope.lensing.render import _band_inputs
 
-__all__ = ["convolve_psf_batch", "inject_bands_batch", "inject_bands"]
+__all__ = ["convolve_psf_batch", "inject_bands_batch", "inject_bands", "bin_phases", "inject_phases_batch",
+           "inject_supersampled_batch", "pad_kernels"]
 
 _KF_CACHE: dict = {}
 _KF_CACHE_MAX = 512
@@ -346,3 +349,198 @@ def inject_bands(unit_image: np.ndarray, band_fluxes, kernels=None, bands=BANDS,
     if kers is not None and any(k is None for k in kers):
         raise ValueError("kernels must be given for every band (or kernels=None)")
     return inject_bands_batch(unit[None], np.array([fluxes]), kers, None, dtype)[0]
+
+
+# --------------------------------------------------------------------------
+# sub-pixel-phase injection (the stamps' path): rays binned to s_c x s_c phases per pixel,
+# each phase convolved with the pixel-integrated PSF shifted to that phase (psf.phase_kernels)
+# --------------------------------------------------------------------------
+@njit(**_JIT_EXACT)
+def _phase_products(F, KF, idx, scale, out):
+    """out[b, j] = scale[b, j] * sum_p F[b, p] * KF[idx[b, j], p] (spectra of the phases and kernels)."""
+    for b in range(F.shape[0]):
+        for j in range(idx.shape[1]):
+            kk = idx[b, j]
+            sc = scale[b, j]
+            for r in range(F.shape[2]):
+                for c in range(F.shape[3]):
+                    acc = F[b, 0, r, c] * KF[kk, 0, r, c]
+                    for p in range(1, F.shape[1]):
+                        acc = acc + F[b, p, r, c] * KF[kk, p, r, c]
+                    out[b, j, r, c] = acc * sc
+
+
+@njit(**_JIT_EXACT)
+def _fill_phase_buffers(phases, plan, sel, buf):
+    """buf[i, p] = zeros with the box of phase p of image sel[i] placed at offset (-ay0, -ax0)."""
+    for i in range(sel.size):
+        b = sel[i]
+        y0, x0, ay0, ax0, by, bx = plan[b, 1], plan[b, 2], plan[b, 3], plan[b, 5], plan[b, 7], plan[b, 8]
+        for p in range(phases.shape[1]):
+            buf[i, p] = 0.0
+            for r in range(by):
+                for c in range(bx):
+                    buf[i, p, r - ay0, c - ax0] = phases[b, p, y0 + r, x0 + c]
+
+
+@njit(**_JIT_EXACT)
+def _phase_support(phases, out):
+    """out[b] = sum_p |phases[b, p]| (only its nonzero pattern is used: the crop box)."""
+    for b in range(phases.shape[0]):
+        for r in range(phases.shape[2]):
+            for c in range(phases.shape[3]):
+                acc = 0.0
+                for p in range(phases.shape[1]):
+                    acc += abs(phases[b, p, r, c])
+                out[b, r, c] = acc
+
+
+def _phase_kernel_fft(kernel: np.ndarray, m: int, cdtype) -> np.ndarray:
+    return np.stack([_kernel_fft(np.ascontiguousarray(kernel[p]), m, cdtype) for p in range(kernel.shape[0])])
+
+
+_PSTACK_CACHE: dict = {}
+_PSTACK_CACHE_MAX = 64
+
+
+def pad_kernels(kernels) -> np.ndarray:
+    """(K, P, k, k) float64 stack of phase kernel sets (each (P, k_i, k_i), odd k_i), zero-padded to
+    the largest side ``k`` (padding a centred kernel with zeros changes no convolution)."""
+    kers = [np.asarray(k, dtype=np.float64) for k in kernels]
+    if not kers:
+        raise ValueError("no PSF kernels given")
+    for k in kers:
+        if k.ndim != 3 or k.shape[1] != k.shape[2] or k.shape[1] % 2 != 1:
+            raise ValueError(f"phase kernels must have shape (P, k, k) with odd k, got {k.shape}")
+    if len({k.shape[0] for k in kers}) != 1:
+        raise ValueError(f"all kernel sets must have the same number of phases, got {[k.shape[0] for k in kers]}")
+    side = max(k.shape[1] for k in kers)
+    out = np.zeros((len(kers), kers[0].shape[0], side, side))
+    for i, k in enumerate(kers):
+        o = (side - k.shape[1]) // 2
+        out[i, :, o:o + k.shape[1], o:o + k.shape[1]] = k
+    return out
+
+
+def bin_phases(ss_images: np.ndarray, supersample: int, s_c: int) -> np.ndarray:
+    """(B, s_c * s_c, N, N) phase images from (B, N * ss, N * ss) supersampled images (``ss % s_c == 0``).
+
+    Phase ``p = jy * s_c + jx`` of pixel (row, col) is the sum of the sub-pixels of that pixel's
+    ``(jy, jx)`` block of ``ss / s_c`` x ``ss / s_c`` sub-pixels (flux is kept: the phases sum to the
+    pixel binning).
+    """
+    img = np.asarray(ss_images, dtype=np.float64)
+    ss, s_c = int(supersample), int(s_c)
+    if ss < 1 or s_c < 1 or ss % s_c:
+        raise ValueError(f"supersample ({supersample}) must be a positive multiple of the phase factor ({s_c})")
+    if img.ndim != 3 or img.shape[1] != img.shape[2] or img.shape[1] % ss:
+        raise ValueError(f"supersampled images must have shape (B, N * {ss}, N * {ss}), got {img.shape}")
+    nb, n, g = img.shape[0], img.shape[1] // ss, ss // s_c
+    ph = img.reshape(nb, n, s_c, g, n, s_c, g).sum(axis=(3, 6))       # (B, N, jy, N, jx)
+    return np.ascontiguousarray(ph.transpose(0, 2, 4, 1, 3).reshape(nb, s_c * s_c, n, n))
+
+
+def _convolve_phases(phases: np.ndarray, kers: np.ndarray, idx: np.ndarray, scale: np.ndarray, dtype,
+                     out: np.ndarray, chunk: int = 16) -> np.ndarray:
+    """out[b, j] = scale[b, j] * sum_p phases[b, p] conv kers[idx[b, j], p] (linear, "same")."""
+    import scipy.fft as sfft
+
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    cdt = np.complex64 if dt == np.float32 else np.complex128
+    nb, npha, n = phases.shape[0], phases.shape[1], phases.shape[2]
+    if kers.shape[1] != npha:
+        raise ValueError(f"{npha} phases per image but kernels with {kers.shape[1]} phases")
+    h = kers.shape[2] // 2
+    if idx.size and (idx.min() < 0 or idx.max() >= kers.shape[0]):
+        raise ValueError(f"kernel_index out of range [0, {kers.shape[0]})")
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    sc = np.ascontiguousarray(scale, dtype=dt)
+    support = np.empty((nb, n, n))
+    _phase_support(phases, support)
+    plan = _crop_plan(support, h, _fast_sizes(1 + 2 * h, n + 2 * h))
+    out[plan[:, 0] == 0] = 0.0
+    kset = hash(kers.tobytes())
+    for m in np.unique(plan[:, 0]):
+        if m == 0:
+            continue
+        key = (int(m), np.dtype(cdt).char, kers.shape, kset)
+        kf = _PSTACK_CACHE.get(key)
+        if kf is None:
+            kf = np.stack([_phase_kernel_fft(k, int(m), cdt) for k in kers])        # (K, P, m, m//2+1)
+            if len(_PSTACK_CACHE) >= _PSTACK_CACHE_MAX:
+                _PSTACK_CACHE.clear()
+            _PSTACK_CACHE[key] = kf
+        group = np.nonzero(plan[:, 0] == m)[0]
+        for i0 in range(0, group.size, chunk):
+            sel = group[i0:i0 + chunk]
+            buf = np.empty((sel.size, npha, m, m), dt)
+            _fill_phase_buffers(phases, plan, sel, buf)
+            f = sfft.rfft2(buf, workers=1, overwrite_x=True)
+            p = np.empty((sel.size, idx.shape[1], m, m // 2 + 1), cdt)
+            _phase_products(f, kf, idx[sel], sc[sel], p)
+            _scatter(sfft.irfft2(p, s=(m, m), workers=1, overwrite_x=True), plan, sel, out)
+    return out
+
+
+def inject_phases_batch(phases: np.ndarray, band_fluxes, kernels, kernel_index=None, dtype=np.float32,
+                        out: np.ndarray | None = None) -> np.ndarray:
+    """PSF-convolved, band-scaled stamps from sub-pixel phase images (the stamps' injection step).
+
+    ``phases`` (B, P, N, N): flux per pixel of each of the P = s_c^2 sub-pixel phases
+    (:func:`bin_phases`, or the fast renderer's phase output) for unit unlensed source flux;
+    ``band_fluxes`` (B, J) or (J,) unlensed source flux per band (nanomaggies); ``kernels``:
+    K phase-kernel sets (:func:`darkhaloscope.lensing.psf.phase_kernels`, each (P, k, k); sides
+    may differ, see :func:`pad_kernels`) or a (K, P, k, k) array; ``kernel_index`` (B, J) /
+    (J,) indices into them (None: kernel j for band j). One forward transform per phase and one
+    inverse per band and stamp, on the smallest FFT grid that gives the linear convolution.
+    Returns (B, J, N, N) float32 nanomaggies per pixel (into ``out`` if given).
+    """
+    ph = np.ascontiguousarray(phases, dtype=np.float64)
+    if ph.ndim != 4 or ph.shape[2] != ph.shape[3]:
+        raise ValueError(f"phases must have shape (B, P, N, N), got {ph.shape}")
+    nb = ph.shape[0]
+    kers = kernels if isinstance(kernels, np.ndarray) and kernels.ndim == 4 else pad_kernels(kernels)
+    kers = np.ascontiguousarray(kers, dtype=np.float64)
+    f = np.asarray(band_fluxes, dtype=np.float64)
+    if f.ndim == 1:
+        f = f[None, :]
+    if f.ndim != 2 or f.shape[0] not in (1, nb):
+        raise ValueError(f"band_fluxes must have shape (B, J) or (J,), got {f.shape}")
+    f = np.broadcast_to(f, (nb, f.shape[1]))
+    if not np.all(np.isfinite(f)):
+        raise ValueError("band_fluxes must be finite")
+    idx = _kernel_index(kernel_index, nb, kers.shape[0])
+    if idx.shape[1] != f.shape[1]:
+        raise ValueError(f"{idx.shape[1]} PSF kernels per stamp but {f.shape[1]} band fluxes")
+    shape = (nb, f.shape[1]) + ph.shape[2:]
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
+    return _convolve_phases(ph, kers, idx, f, dtype, out)
+
+
+def inject_supersampled_batch(ss_images: np.ndarray, supersample: int, band_fluxes, kernels,
+                              kernel_index=None) -> np.ndarray:
+    """PSF-convolved band stamps from supersampled unit-flux images: the step after ray shooting.
+
+    ``ss_images`` (N, n_pix * ss, n_pix * ss): flux per sub-pixel of unit-flux lensed images
+    (sum = the magnification; sub-pixel (i, j) of pixel (r, c) is element (r * ss + i, c * ss + j)),
+    ``supersample`` = ss, a multiple of the kernels' phases per side ``s_c`` (the Injector's
+    ``render_supersample`` is one); ``band_fluxes`` (N, n_bands) unlensed source flux per band
+    (nanomaggies); ``kernels``: the phase-kernel sets as the
+    :class:`~darkhaloscope.lensing.injector.Injector` caches them per (brick, band)
+    (:meth:`Injector.psf_kernels`, i.e. :func:`darkhaloscope.lensing.psf.phase_kernels`: a list
+    of (s_c^2, k, k) arrays, or a (K, s_c^2, k, k) array); ``kernel_index`` (N, n_bands)
+    indices into them (None: kernel b for band b). The sub-pixels are summed into the
+    ``s_c x s_c`` phases of each pixel (:func:`bin_phases`) and each phase is convolved with the
+    PSF integrated over the pixel box seen from that phase (:func:`inject_phases_batch`).
+    Returns (N, n_bands, n_pix, n_pix) float32 nanomaggies per pixel.
+    """
+    kers = kernels if isinstance(kernels, np.ndarray) and kernels.ndim == 4 else pad_kernels(kernels)
+    s_c = round(math.sqrt(kers.shape[1]))
+    if s_c * s_c != kers.shape[1]:
+        raise ValueError(f"phase kernels must hold s_c^2 phases, got {kers.shape[1]}")
+    return inject_phases_batch(bin_phases(ss_images, supersample, s_c), band_fluxes, kers, kernel_index)

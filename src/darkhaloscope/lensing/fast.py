@@ -94,6 +94,9 @@ __all__ = [
     "deflection",
     "sersic_unit_sb",
     "refined_supersample",
+    "render_phase_images",
+    "cell_centers",
+    "REFINE_EXPONENT",
 ]
 
 #: Lens/source parameter names of :func:`render_unit_images` (``n_sersic`` optional, default 1).
@@ -121,8 +124,18 @@ _SP_MAX_FAST = 0.975
 (_CX, _CY, _CPHI, _SPHI, _Q2, _S, _S2, _Q2S, _SP,
  _A11, _A12, _A21, _A22, _B11, _B12, _B21, _B22, _C0X, _C0Y,
  _AMP, _BN, _INVRS, _INVN, _GEN, _KB, _GABS, _SMIN, _SMAX, _RCUT, _SSF,
- _G11, _G12, _G21, _G22, _SRX, _SRY, _BS, _PS, _CUT) = range(39)
-_NPAR = 39
+ _G11, _G12, _G21, _G22, _SRX, _SRY, _BS, _PS, _CUT, _RREF, _SSM) = range(41)
+_NPAR = 41
+
+#: Refinement by bound: every pixel whose source-plane footprint may come within the Sersic radius where
+#: ``b_n (R / R_sersic)^(1/n) = REFINE_EXPONENT`` (surface brightness 1e-3 of the source's centre) is
+#: refined, whatever its coarse-pass value (a compact image between the coarse rays is not missed).
+REFINE_EXPONENT = math.log(1e3)
+#: Refined pixels closer to the lens centre than theta_E / (sqrt(q) * REFINE_COMPRESSION) (where the lens
+#: compresses an image tangentially by more than REFINE_COMPRESSION - 1 = 1.5x: a counter-image next to
+#: the centre is smaller than the source) get ``max_supersample`` rays per side (with the bound refinement).
+REFINE_COMPRESSION = 2.5
+_NO_RREF = -1e30   # packed R_ref without the bound refinement (finite: the kernels assume no infinities)
 
 # ---- typed constants: passed to the kernels as a tuple of the work dtype so that
 # float32 code stays float32 (a Python float literal would promote it to float64)
@@ -211,8 +224,10 @@ def ray_cut(n_sersic: float, dtype=np.float64) -> float:
 
 
 # fastmath without 'reassoc' and 'contract': freshly compiled and cache-loaded code must round
-# identically, or stamp bytes (and DVC hashes) would depend on whether numba's cache was warm
-_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "afn"}
+# identically, or stamp bytes (and DVC hashes) would depend on whether numba's cache was warm;
+# without 'arcp' and 'afn' too: with them LLVM emits approximate reciprocal / square-root
+# instructions (rcpps, rsqrtps, vrcp14ps, ...) whose bits differ between CPU generations (AVX2 vs AVX-512)
+_FASTMATH = {"nnan", "ninf", "nsz"}
 _JIT = dict(fastmath=_FASTMATH, error_model="numpy", cache=True)
 _JIT_INLINE = dict(fastmath=_FASTMATH, error_model="numpy", cache=True, inline="always")
 _JIT_EXACT = dict(error_model="numpy", cache=True)  # parameter packing: IEEE semantics like numpy
@@ -546,11 +561,13 @@ def _cull_bound(lower, xr, yr, cnt, hd, p, K, general):
 
 
 @njit(**_JIT)
-def _active_pixels(p64, p, n, xs, ys, rows, cols, K, general):
+def _active_pixels(p64, p, n, xs, ys, rows, cols, lows, cull, K, general):
     """Pixels that may hold a ray above the cut, into ``rows``/``cols``; returns their count.
 
     Two levels: blocks of 4 x 4 pixels from their centre rays, then the pixels
-    of the surviving blocks from theirs (see :func:`_cull_bound`).
+    of the surviving blocks from theirs (see :func:`_cull_bound`). ``lows[i]``: the
+    lower bound of the Sersic radius over pixel i (-1 near the lens centre). With
+    ``cull`` False every pixel is kept (the bounds are still computed).
     """
     bsz = 4
     nbk = (n + bsz - 1) // bsz
@@ -577,7 +594,7 @@ def _active_pixels(p64, p, n, xs, ys, rows, cols, K, general):
     cnt = 0
     for i in range(nbk):
         for j in range(nbk):
-            if lower[i * nbk + j] > rcut:
+            if cull and lower[i * nbk + j] > rcut:
                 continue
             for r in range(i * bsz, min(n, i * bsz + bsz)):
                 for c in range(j * bsz, min(n, j * bsz + bsz)):
@@ -596,9 +613,10 @@ def _active_pixels(p64, p, n, xs, ys, rows, cols, K, general):
         _cull_bound(lower, xr, yr, cnt, hdp, p, K, False)
     npx = 0
     for k in range(cnt):
-        if lower[k] <= rcut:
+        if lower[k] <= rcut or not cull:
             rows[npx] = rows[k]
             cols[npx] = cols[k]
+            lows[npx] = lower[k]
             npx += 1
     return npx
 
@@ -621,16 +639,9 @@ def _render_one(img, p64, p, ss, adaptive, cull, K, buf):
     # ---- pass 1: which pixels can hold any ray above the cut
     rows = np.empty(n * n, dtype=np.int64)
     cols = np.empty(n * n, dtype=np.int64)
+    lows = np.empty(n * n, dtype=p.dtype)
     img[:, :] = 0.0
-    if cull:
-        npx = _active_pixels(p64, p, n, xs, ys, rows, cols, K, general)
-    else:
-        npx = 0
-        for r in range(n):
-            for c in range(n):
-                rows[npx] = r
-                cols[npx] = c
-                npx += 1
+    npx = _active_pixels(p64, p, n, xs, ys, rows, cols, lows, cull, K, general)
     # ---- pass 2: the supersample grid of those pixels
     _render_pixels(img, rows, cols, npx, xs, ys, _offsets(ss, p64, p), (p64[_PS] / ss) ** 2, p, general, K, buf)
     if not adaptive:
@@ -639,13 +650,17 @@ def _render_one(img, p64, p, ss, adaptive, cull, K, buf):
     vmax = 0.0
     for i in range(npx):
         vmax = max(vmax, img[rows[i], cols[i]])
-    if ssf <= ss or not vmax > 0.0:
+    if ssf <= ss:
         return
-    # ---- pass 3: refine mask = binary_dilation(img >= REFINE_FRAC * max, 3x3)
-    thr = REFINE_FRAC * vmax
+    # ---- pass 3: refine mask = binary_dilation(img >= REFINE_FRAC * max, 3x3), plus every pixel whose
+    # bound does not exclude the source's core (R <= R_ref: see REFINE_EXPONENT)
+    thr = REFINE_FRAC * vmax if vmax > 0.0 else 1e300   # (no infinities under fastmath)
+    rref = p[_RREF]
     mask = np.zeros((n, n), dtype=np.bool_)
     for i in range(npx):
         r, c = rows[i], cols[i]
+        if lows[i] <= rref:
+            mask[r, c] = True
         if img[r, c] >= thr:
             for rr in range(max(r - 1, 0), min(r + 2, n)):
                 for cc in range(max(c - 1, 0), min(c + 2, n)):
@@ -658,6 +673,20 @@ def _render_one(img, p64, p, ss, adaptive, cull, K, buf):
                 cols[npx] = c
                 npx += 1
     _render_pixels(img, rows, cols, npx, xs, ys, _offsets(ssf, p64, p), (p64[_PS] / ssf) ** 2, p, general, K, buf)
+    ssm = int(p64[_SSM])
+    if rref < -1e29 or ssm <= ssf:
+        return
+    # ---- pass 4: refined pixels where the lens compresses images (next to its centre): the finest sub-grid
+    rc = p64[_KB] / REFINE_COMPRESSION
+    nc = 0
+    for i in range(npx):
+        x = xs[cols[i]]
+        y = ys[rows[i]]
+        if x * x + y * y < rc * rc:
+            rows[nc] = rows[i]
+            cols[nc] = cols[i]
+            nc += 1
+    _render_pixels(img, rows, cols, nc, xs, ys, _offsets(ssm, p64, p), (p64[_PS] / ssm) ** 2, p, general, K, buf)
 
 
 @njit(**_JIT)
@@ -793,6 +822,8 @@ def _pack(raw, bn_exact, cuts, ps, ss, mss, out):
         o[_SMAX] = (1 + ce) / norm
         o[_RCUT] = (cut / bn) ** n  # in units of R_sersic: b_n t^(1/n) > cut beyond
         o[_RCUT] *= rs
+        o[_RREF] = (REFINE_EXPONENT / bn) ** n * rs
+        o[_SSM] = mss
         # ---- ArcRenderer.refined_supersample (exact b_n)
         h = reff * math.sqrt(max(1.0 - e_src, 1e-6)) / bn_exact[b] ** n
         ssf = math.ceil(REFINE_SAMPLES_PER_SCALE * ps / h)
@@ -864,7 +895,7 @@ def _raw_batch(params: Mapping, centers=None) -> np.ndarray:
 
 
 def _pack_raw(raw: np.ndarray, pixel_scale: float, supersample: int, max_supersample: int,
-              dtype=np.float64) -> np.ndarray:
+              dtype=np.float64, refine_bound: bool = False) -> np.ndarray:
     n = raw[:, 10]
     if np.all(n == 1.0):
         bnx = np.full(raw.shape[0], _bn_exact(1.0))
@@ -874,6 +905,8 @@ def _pack_raw(raw: np.ndarray, pixel_scale: float, supersample: int, max_supersa
         cuts = np.array([ray_cut(float(v), dtype) for v in n])
     P = np.empty((raw.shape[0], _NPAR))
     _pack(raw, bnx, cuts, float(pixel_scale), int(supersample), int(max_supersample), P)
+    if not refine_bound:
+        P[:, _RREF] = _NO_RREF   # no pixel is refined by the bound (the reference renderer's rule)
     return P
 
 
@@ -947,6 +980,60 @@ def render_unit_images(
                             or not out.flags.c_contiguous):
         raise ValueError(f"out must be a C-contiguous float64 array of shape {(P64.shape[0], n_pix, n_pix)}")
     return _render_packed(P64, n_pix, ss, adaptive, cull, dtype, out)
+
+
+def cell_centers(centers, s_c: int) -> np.ndarray:
+    """Lens centres (cx, cy) in the coordinates of the ``s_c``-times finer grid of sub-pixel phases.
+
+    Cell ``C`` of the fine grid is phase ``C % s_c`` of pixel ``C // s_c``; its centre is at pixel
+    coordinate ``(C + 0.5) / s_c - 0.5``, so the lens centre is at ``(c + 0.5) * s_c - 0.5``.
+    """
+    c = np.asarray(centers, dtype=np.float64)
+    return (c + 0.5) * s_c - 0.5
+
+
+def render_phase_images(
+    params: Mapping,
+    centers=None,
+    n_pix: int = 64,
+    pixel_scale: float = PIXEL_SCALE,
+    supersample: int = 4,
+    *,
+    adaptive: bool = True,
+    max_supersample: int = 64,
+    dtype=np.float32,
+    cull: bool = True,
+    refine_bound: bool = True,
+) -> np.ndarray:
+    """Unconvolved unit-flux lensed images split into the ``s_c x s_c`` sub-pixel phases of every pixel.
+
+    ``s_c = psf.phase_factor(supersample)`` (4 for supersample 4 and 8, 2 for 2). The stamp is
+    rendered on the grid of phases (``n_pix * s_c`` cells of ``pixel_scale / s_c`` arcsec,
+    ``supersample / s_c`` rays per cell side, refinement per cell up to ``max_supersample / s_c``,
+    reached next to the lens centre: :data:`REFINE_COMPRESSION`), so every ray's flux lands in the
+    phase that contains it.
+    Returns (B, s_c^2, n_pix, n_pix) float64, phase ``p = jy * s_c + jx`` (flux per pixel phase
+    for unit unlensed source flux; the sum over phases is the unit image). ``refine_bound``: also
+    refine every cell whose source-plane bound does not exclude the source core
+    (:data:`REFINE_EXPONENT`), so that no compact image between the coarse rays is missed (the
+    reference :class:`ArcRenderer` refines by coarse brightness only). Other arguments as
+    :func:`render_unit_images`; the result feeds
+    :func:`darkhaloscope.lensing.convolve.inject_phases_batch`.
+    """
+    from darkhaloscope.lensing.psf import phase_factor
+
+    n_pix = _pos_int("n_pix", n_pix)
+    ss = _pos_int("supersample", supersample)
+    s_c = phase_factor(ss)
+    ssc = ss // s_c
+    raw = _raw_batch(params, centers)
+    raw[:, 11:] = cell_centers(raw[:, 11:], s_c)
+    P64 = _pack_raw(raw, _positive("pixel_scale", pixel_scale) / s_c, ssc,
+                    max(1, _pos_int("max_supersample", max_supersample) // s_c), dtype, refine_bound)
+    cells = _render_packed(P64, n_pix * s_c, ssc, adaptive, cull, dtype)
+    nb = cells.shape[0]
+    ph = cells.reshape(nb, n_pix, s_c, n_pix, s_c).transpose(0, 2, 4, 1, 3)
+    return np.ascontiguousarray(ph.reshape(nb, s_c * s_c, n_pix, n_pix))
 
 
 def _points(P64, x, y):

@@ -70,6 +70,8 @@ __all__ = [
     "render_arc",
     "convolve_psf",
     "inject_bands",
+    "phase_images",
+    "inject_phases",
     "render_stamp",
     "mag_to_nmgy",
     "nmgy_to_mag",
@@ -479,6 +481,47 @@ def inject_bands(unit_image: np.ndarray, band_fluxes, kernels=None, bands: Seque
         if k is not None:
             band = convolve_psf(band, k)
         out[i] = band
+    return out
+
+
+def phase_images(renderer_cells: ArcRenderer, s_c: int, theta_e, lens_q, lens_phi_deg, gamma1, gamma2, src_x,
+                 src_y, src_reff, src_e, src_phi_deg, *, center=(32.0, 32.0), n_sersic=1.0) -> np.ndarray:
+    """(s_c^2, N, N) sub-pixel phase images (unit source flux, flux per pixel phase) by the reference renderer.
+
+    ``renderer_cells`` renders the ``s_c``-times finer grid of phases (``N * s_c`` cells of
+    ``pixel_scale / s_c`` arcsec, ``supersample / s_c`` rays per cell side: see
+    :meth:`Injector <darkhaloscope.lensing.injector.Injector>`); ``center`` is the lens centre
+    in stamp pixels (converted to cells here). Phase ``p = jy * s_c + jx`` as in
+    :func:`darkhaloscope.lensing.psf.phase_kernels`.
+    """
+    cx, cy = (_finite("center[0]", center[0]) + 0.5) * s_c - 0.5, (_finite("center[1]", center[1]) + 0.5) * s_c - 0.5
+    cells = renderer_cells.lensed_unit_image(theta_e, lens_q, lens_phi_deg, gamma1, gamma2, src_x, src_y, src_reff,
+                                             src_e, src_phi_deg, center=(cx, cy), n_sersic=n_sersic)
+    n = cells.shape[0] // s_c
+    return np.ascontiguousarray(cells.reshape(n, s_c, n, s_c).transpose(1, 3, 0, 2).reshape(s_c * s_c, n, n))
+
+
+def inject_phases(phases: np.ndarray, band_fluxes, kernels, bands: Sequence[str] = BANDS) -> np.ndarray:
+    """Reference (scipy) injection of sub-pixel phase images: ``f_b * sum_p phases[p] conv kernels_b[p]``.
+
+    ``phases`` (P, N, N) unit-flux phase images (:func:`phase_images`); ``band_fluxes`` unlensed
+    source flux per band (nanomaggies; mapping or sequence ordered like ``bands``); ``kernels``
+    per band the (P, k, k) phase kernels of :func:`darkhaloscope.lensing.psf.phase_kernels`.
+    Returns ``(len(bands), N, N)`` float32 nanomaggies per pixel; equals
+    :func:`darkhaloscope.lensing.convolve.inject_phases_batch` to its FFT rounding.
+    """
+    ph = np.asarray(phases, dtype=np.float64)
+    if ph.ndim != 3 or ph.shape[1] != ph.shape[2]:
+        raise ValueError(f"phases must have shape (P, N, N), got {ph.shape}")
+    fluxes, kers = _band_inputs(band_fluxes, kernels, bands)
+    if kers is None:
+        raise ValueError("inject_phases needs a phase-kernel set per band")
+    out = np.empty((len(bands),) + ph.shape[1:], dtype=np.float32)
+    for i, (f, k) in enumerate(zip(fluxes, kers)):
+        k = np.asarray(k, dtype=np.float64)
+        if k.ndim != 3 or k.shape[0] != ph.shape[0]:
+            raise ValueError(f"kernels[{bands[i]}] must have shape ({ph.shape[0]}, k, k), got {k.shape}")
+        out[i] = f * sum(convolve_psf(ph[p], k[p]) for p in range(ph.shape[0]))
     return out
 
 

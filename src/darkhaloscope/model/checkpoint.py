@@ -73,7 +73,8 @@ def model_from_checkpoint(ck: dict | str):
     if isinstance(ck, str):
         ck = load_checkpoint(ck)
     cfg = ck["model_config"]
-    model = build_model(cfg["arch"], cfg["input_channels"], cfg["dropout"], cfg["n_meta"], cfg["width"])
+    model = build_model(cfg["arch"], cfg["input_channels"], cfg["dropout"], cfg["n_meta"], cfg["width"],
+                        cfg.get("stem") or "adapted")  # checkpoints before train.stem: adapted
     model.load_state_dict(ck["model_state"])
     model.eval()
     return model, Preprocess.from_checkpoint(ck)

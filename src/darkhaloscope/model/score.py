@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 # columns evaluation stratifies on, carried into the score table when present
 STRATA = ("row_id", "brickname", "ra", "dec", "config_id", "theta_e_arcsec", "theta_e_over_psf", "arc_snr",
-          "arc_snr_int", "src_dmag", "psfsize_r", "psfdepth_r", "psf_fwhm_used_r", "magnification")
+          "arc_snr_int", "src_dmag", "psfsize_r", "psfdepth_r", "psf_fwhm_used_r", "magnification", "impostor")
 
 
 def check_readable(files: list[str], allow_none: bool = False) -> None:

@@ -47,6 +47,7 @@ class Setup:
 
     arch: str
     width: int
+    stem: str
     input_channels: int
     ctrl_dropout: float
     core_dropout: float
@@ -84,7 +85,7 @@ class Setup:
         except (ValueError, TypeError) as e:
             raise ParamsError(f"train.meta_cols: {e}") from None
         return cls(
-            arch=t["arch"], width=int(t["width"]), input_channels=int(t["input_channels"]),
+            arch=t["arch"], width=int(t["width"]), stem=t["stem"], input_channels=int(t["input_channels"]),
             ctrl_dropout=float(t["ctrl_dropout"]),
             core_dropout=float(t["core_dropout"]), core_dropout_radius=float(t["core_dropout_radius"]),
             dropout=float(t["dropout"]), meta_cols=tuple(t["meta_cols"]),
@@ -257,7 +258,8 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
     scaler = None
     if setup.meta_cols:
         scaler = MetaScaler.fit(tr_index.read_kept_columns(list(setup.meta_cols)), list(setup.meta_cols))
-    model = build_model(setup.arch, setup.input_channels, setup.dropout, len(setup.meta_cols), setup.width)
+    model = build_model(setup.arch, setup.input_channels, setup.dropout, len(setup.meta_cols), setup.width,
+                        setup.stem)
     if init_from:
         model.load_state_dict(load_checkpoint(init_from)["model_state"])
         log.info("stage %s starts from %s", stage["name"], init_from)

@@ -53,7 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from darkhaloscope.constants import KNOWN_SPLIT, PARENT_SPLIT
+from darkhaloscope.constants import KNOWN_SPLIT, NO_IMPOSTOR, PARENT_SPLIT
 from darkhaloscope.model import inference
 from darkhaloscope.model.checkpoint import model_from_checkpoint
 from darkhaloscope.outputs import atomic_file
@@ -153,6 +153,7 @@ def cut_rows(cat: pa.Table, seed: int) -> list[dict]:
         out.append({"sample_id": sid, "pair_id": sid, "row_id": r["row_id"], "replicate": 0, "split": PARENT_SPLIT,
                     "brickname": r["brickname"], "objid": r["objid"], "ra": r["ra"], "dec": r["dec"],
                     "is_control": 1, "config_id": "parent", "host_mag_r": r["mag_r"],
+                    "impostor": r.get("impostor", NO_IMPOSTOR),
                     **{k: 0.0 for k in INJECTION_COLUMNS},
                     **{k: r[k] for k in ("psfsize_g", "psfsize_r", "psfsize_z", "psfdepth_g", "psfdepth_r",
                                          "psfdepth_z")}})
@@ -189,7 +190,8 @@ def _lookup(sorted_ids: np.ndarray, order: np.ndarray, ids: np.ndarray) -> np.nd
 def plan(params: dict, root: str, parent_path: str) -> Plan:
     """The units of a search of the stamp set ``root`` and the parent sample ``parent_path``."""
     s = params["search"]
-    cat = _read_meta(parent_path, CUT_COLUMNS)
+    extra = ("impostor",) if "impostor" in pq.read_schema(parent_path).names else ()  # the cut stamps carry it
+    cat = _read_meta(parent_path, CUT_COLUMNS + extra)
     cat_ids = cat.column("row_id").to_numpy().astype(np.int64)
     order = np.argsort(cat_ids, kind="stable")
     sorted_ids = cat_ids[order]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from darkhaloscope.constants import BANDS, KNOWN_SPLIT, PARENT_SPLIT
+from darkhaloscope.constants import BANDS, KNOWN_SPLIT, NO_IMPOSTOR, PARENT_SPLIT
 from darkhaloscope.errors import SurveyError
 from darkhaloscope.lensing.injector import Injector
 from darkhaloscope.survey.bricks import coadd_relpath
@@ -93,6 +93,10 @@ class BrickCoadds:
         return not self.missing and self.error is None
 
 
+#: fail_reason of an injection that fails its population's acceptance cuts (expected, not a failure)
+REJECTED = "rejected_by_cut"
+
+
 def process_brick(brick: str, rows: list[dict], coadd_root: str, inj: dict, bands=BANDS,
                   want_clean: frozenset = frozenset(), paired: bool = False,
                   injector: Injector | None = None) -> list[dict]:
@@ -106,19 +110,20 @@ def process_brick(brick: str, rows: list[dict], coadd_root: str, inj: dict, band
     optional ``ctrl_stamp`` (the un-injected cutout, when ``paired``), and the
     columns ``cutout_ok``, ``fail_reason``, ``bad_pixel_frac``, ``psf_fwhm_used_<b>``,
     ``psf_fallback``, ``theta_e_over_psf``, ``magnification``, ``arc_snr``,
-    ``arc_snr_int``, ``arc_flux_r``, ``x_offset_pix``, ``y_offset_pix``. Rows listed
+    ``arc_snr_int``, ``arc_flux_r``, ``source_model`` ("none" when nothing is injected),
+    ``source_ident`` (COSMOS IDENT, else -1), ``x_offset_pix``, ``y_offset_pix``. Rows listed
     in ``want_clean`` (sample ids) also carry ``clean`` = the cutout before injection
     (for the gallery).
     """
     injector = injector or Injector.from_params(inj, bands)
     size = injector.stamp_size
     co = BrickCoadds(coadd_root, brick, bands)
-    out = []
+    out, pending = [], []   # pending: (result, lens centre [pixels], r-band invvar, FWHMs) of rows to inject
     for row in rows:
         res = dict(row)
         res.update(cutout_ok=0, fail_reason="", bad_pixel_frac=1.0, theta_e_over_psf=0.0,
                    magnification=0.0, arc_snr=0.0, arc_snr_int=0.0, arc_flux_r=0.0,
-                   x_offset_pix=0.0, y_offset_pix=0.0, psf_fallback="")
+                   x_offset_pix=0.0, y_offset_pix=0.0, psf_fallback="", source_model="none", source_ident=-1)
         fb = []
         for b in bands:
             fw, used_fb = psf_fwhm_used(row, b, float(inj["psf_fallback_fwhm"]))
@@ -146,18 +151,27 @@ def process_brick(brick: str, rows: list[dict], coadd_root: str, inj: dict, band
         iv = np.stack(ivs)
         res["bad_pixel_frac"] = float(np.mean(np.any(iv <= 0, axis=0)))
         res["cutout_ok"] = 1
-        stamp = clean.copy()
+        res["stamp"] = clean.copy()
         if not row["is_control"]:
-            arc, info = injector.inject(row, (size // 2 + dx, size // 2 + dy), iv[injector.r],
-                                        [res[f"psf_fwhm_used_{b}"] for b in bands])
-            stamp += arc.astype(np.float32)
-            res.update(info)
-        res["stamp"] = stamp
+            pending.append((res, (size // 2 + dx, size // 2 + dy), iv[injector.r],
+                            [res[f"psf_fwhm_used_{b}"] for b in bands]))
         if paired:
             res["ctrl_stamp"] = clean
         if row["sample_id"] in want_clean:
             res["clean"] = clean
         out.append(res)
+    if pending:  # the brick's injections in one batch (kernels built once per brick and band)
+        arcs, infos = injector.inject_batch([p[0] for p in pending], [p[1] for p in pending],
+                                            [p[2] for p in pending], [p[3] for p in pending])
+        for (res, *_), arc, info in zip(pending, arcs, infos):
+            res["stamp"] += arc
+            res.update(source_model=injector.source_model, source_ident=-1)   # info has the IDENT of pixel sources
+            res.update(info)
+            # the calibrated population's acceptance cuts (manifest.calibrated; 0 = none): a rejected row is
+            # kept, flagged and counted (fail_reason rejected_by_cut), never trained or evaluated on
+            if (info["magnification"] < float(res.get("min_magnification", 0.0))
+                    or info["arc_snr"] < float(res.get("min_arc_snr", 0.0))):
+                res["cutout_ok"], res["fail_reason"] = 0, REJECTED
     return out
 
 
@@ -179,7 +193,7 @@ def known_lens_rows(known: dict, bricks: list) -> tuple[list[dict], int]:
             continue
         rows.append({**unknown, "sample_id": i, "pair_id": 0, "row_id": 0, "replicate": 0, "objid": 0,
                      "name": str(name), "brickname": brick, "ra": float(ra), "dec": float(dec),
-                     "is_control": 1, "split": KNOWN_SPLIT, "config_id": "known_lens"})
+                     "is_control": 1, "split": KNOWN_SPLIT, "config_id": "known_lens", "impostor": NO_IMPOSTOR})
     return rows, n_nobrick
 
 
@@ -201,6 +215,7 @@ def parent_rows(parent, manifest_rows: list[dict], seed: int) -> list[dict]:
         out.append({"sample_id": sid, "pair_id": sid, "row_id": r["row_id"], "replicate": 0,
                     "split": PARENT_SPLIT, "brickname": r["brickname"], "objid": r["objid"], "ra": r["ra"],
                     "dec": r["dec"], "is_control": 1, "config_id": "parent", "host_mag_r": r["mag_r"],
+                    "impostor": r.get("impostor", NO_IMPOSTOR),
                     **{k: 0.0 for k in INJECTION_COLUMNS},
                     **{k: r[k] for k in ("psfsize_g", "psfsize_r", "psfsize_z", "psfdepth_g", "psfdepth_r",
                                          "psfdepth_z")}})

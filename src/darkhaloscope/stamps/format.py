@@ -23,7 +23,8 @@ loader) accepts both, so nothing has to be rewritten.
   (1 = control / negative, 0 = injected / positive; label = 1 - is_control),
   ``cutout_ok`` int8, ``theta_e_arcsec`` float64 (0 for controls),
   ``theta_e_over_psf`` float64, ``arc_snr`` float64 (0 for controls),
-  ``brickname`` string, ``psfsize_r`` / ``psfdepth_r`` float64, ...
+  ``brickname`` string, ``impostor`` string (lens-impostor class, ``none`` for ordinary galaxies;
+  absent from sets made before it existed), ``psfsize_r`` / ``psfdepth_r`` float64, ...
 
 Columns listed in :data:`CONTRACT_TYPES` are cast (safely: an overflow or a
 lossy conversion is an error naming the column) to their contract type when
@@ -64,6 +65,7 @@ CONTRACT_TYPES: dict[str, pa.DataType] = {
     "theta_e_over_psf": pa.float64(),
     "arc_snr": pa.float64(),
     "brickname": pa.string(),
+    "impostor": pa.string(),
     "psfsize_r": pa.float64(),
     "psfdepth_r": pa.float64(),
 }

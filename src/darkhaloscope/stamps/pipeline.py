@@ -22,11 +22,11 @@ import re
 
 import pyarrow.parquet as pq
 
-from darkhaloscope.constants import KNOWN_SPLIT, PARENT_SPLIT, SPLITS
+from darkhaloscope.constants import IMPOSTOR_CLASSES, KNOWN_SPLIT, NO_IMPOSTOR, PARENT_SPLIT, SPLITS
 from darkhaloscope.errors import SurveyError
 from darkhaloscope.stamps.coadd_cache import CHANGED, MANIFEST_NAME, CoaddSource, coadd_mode
 from darkhaloscope.stamps.cutout import known_lens_rows, parent_rows
-from darkhaloscope.stamps.gallery import injection_gallery
+from darkhaloscope.stamps.gallery import impostor_gallery, injection_gallery
 from darkhaloscope.stamps.spark import (
     DiskFullError,
     StampsInterrupted,
@@ -51,6 +51,12 @@ def gallery_ids(manifest_rows: list[dict], n: int) -> frozenset:
     """Sample ids of the gallery: the ``n`` smallest of the train split's injected rows."""
     return frozenset(sorted(r["sample_id"] for r in manifest_rows
                             if r["split"] == "train" and r["is_control"] == 0)[:n])
+
+
+def impostor_gallery_ids(manifest_rows: list[dict], n: int) -> dict:
+    """Per impostor class, the sample ids of its gallery: the ``n`` smallest of its manifest rows (any split)."""
+    return {c: frozenset(sorted(r["sample_id"] for r in manifest_rows if r.get("impostor", NO_IMPOSTOR) == c)[:n])
+            for c in IMPOSTOR_CLASSES}
 
 
 def run_stamps_stage(params: dict, manifest_path: str, parent_path: str, coadd_root: str, out_dir: str) -> dict:
@@ -92,12 +98,14 @@ def _run_stamps_stage(params: dict, manifest_path: str, parent_path: str, coadd_
     inj, sv = params["inject"], params["survey"]
     rows = pq.read_table(manifest_path).to_pylist()
     gallery = gallery_ids(rows, inj["gallery_n"])
+    imp_gallery = impostor_gallery_ids(rows, inj["gallery_n"])
     rows += parent_rows(pq.read_table(parent_path), rows, params["seed"])
     known = read_known_lenses(sv["root"], sv["known_lenses"], sv["lenscat_recall"])
     known_rows, n_nobrick = known_lens_rows(known, bricks_of(read_brick_table(sv["root"]), known["ra"], known["dec"]))
     source = coadd_source(sv, coadd_root)
     try:
-        stats, gallery_rows = run_stamps(rows + known_rows, source, out_dir, params, gallery, STAGE_SPLITS)
+        stats, gallery_rows = run_stamps(rows + known_rows, source, out_dir, params,
+                                         gallery.union(*imp_gallery.values()), STAGE_SPLITS)
     except Exception as e:  # a task's SurveyError arrives wrapped by Spark: keep its own line
         hit = re.search(r"SurveyError: ([^\n]*" + re.escape(CHANGED) + r"[^\n]*)", str(e))
         if hit is None:
@@ -114,7 +122,10 @@ def _run_stamps_stage(params: dict, manifest_path: str, parent_path: str, coadd_
     if known_rows == [] and len(known["ra"]):
         log.warning("WARN none of the %d known lenses (survey.known_lenses) lies on a brick of %s: the known "
                     "split is empty and evaluate reports known_n 0", len(known["ra"]), sv["root"])
-    injection_gallery(gallery_rows, os.path.join(out_dir, "gallery.png"))
+    injection_gallery([g for g in gallery_rows if g["sample_id"] in gallery], os.path.join(out_dir, "gallery.png"))
+    for cls, ids in imp_gallery.items():  # gallery_<class>.png beside gallery.png, one per impostor class
+        impostor_gallery([g for g in gallery_rows if g["sample_id"] in ids], cls,
+                         os.path.join(out_dir, f"gallery_{cls}.png"))
     (known_stats,) = [s for s in stats if s["split"] == KNOWN_SPLIT]
     summary = summarize_stats([s for s in stats if s["split"] != KNOWN_SPLIT])
     summary.update(known_lenses={"rows": known_stats["rows"], "cutout_ok": known_stats["cutout_ok"],

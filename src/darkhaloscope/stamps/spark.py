@@ -30,28 +30,36 @@ from collections import Counter
 
 import numpy as np
 
-from darkhaloscope.constants import BANDS, KNOWN_SPLIT, SPLITS
+from darkhaloscope.constants import BANDS, IMPOSTOR_CLASSES, KNOWN_SPLIT, SPLITS
 from darkhaloscope.lensing.injector import Injector
 from darkhaloscope.spark_session import spark_session
-from darkhaloscope.stamps.cutout import process_brick
+from darkhaloscope.stamps.cutout import REJECTED, process_brick
 from darkhaloscope.stamps.format import part_file_name, write_stamp_file
 
 # columns written beside the stamps, in this order
 OUTPUT_COLUMNS = (
     "sample_id", "pair_id", "row_id", "replicate", "split", "brickname", "objid", "ra", "dec",
-    "is_control", "config_id", "theta_e_arcsec", "src_dmag", "src_reff_arcsec", "src_e", "shear",
+    "is_control", "config_id", "impostor", "theta_e_arcsec", "src_dmag", "src_reff_arcsec", "src_e", "shear",
     "shear_phi_deg", "gamma1", "gamma2", "lens_q", "lens_phi_deg", "src_phi_deg", "src_x_arcsec",
     "src_y_arcsec", "src_gr", "src_rz", "src_mag_r", "host_mag_r",
     "psfsize_g", "psfsize_r", "psfsize_z", "psfdepth_g", "psfdepth_r", "psfdepth_z",
     "psf_fwhm_used_g", "psf_fwhm_used_r", "psf_fwhm_used_z", "psf_fallback",
     "theta_e_over_psf", "magnification", "arc_snr", "arc_snr_int", "arc_flux_r",
+    "source_model", "source_ident",
     "x_offset_pix", "y_offset_pix", "cutout_ok", "fail_reason", "bad_pixel_frac",
 )
 INT_COLUMNS = {"sample_id": np.int64, "pair_id": np.int64, "row_id": np.int64, "replicate": np.int32,
-               "objid": np.int64, "is_control": np.int8, "cutout_ok": np.int8}
-STR_COLUMNS = {"split", "brickname", "config_id", "psf_fallback", "fail_reason"}
+               "objid": np.int64, "is_control": np.int8, "cutout_ok": np.int8, "source_ident": np.int64}
+STR_COLUMNS = {"split", "brickname", "config_id", "impostor", "psf_fallback", "fail_reason", "source_model"}
+#: failure reasons that are expected, not losses: a stamp over the brick edge, an injection its cuts reject
+EXPECTED_FAILS = ("off_brick_edge", REJECTED)
+#: the injected population's columns whose quantiles metrics/stamps.json reports per split, and the quantiles
+POPULATION_COLUMNS = ("arc_snr", "magnification", "theta_e_over_psf")
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 class StampsInterrupted(RuntimeError):
     """Ctrl-C / SIGINT stopped stage ``stamps``; the message says that no output was written."""
+
+    exit_status = 130  # stages/_common.run exits with it, as for a plain Ctrl-C (128 + SIGINT)
 
 
 class DiskFullError(OSError):
@@ -128,9 +136,15 @@ def write_file(out_dir: str, split: str, bucket: int, rows: list[dict], paired: 
             "fail_reasons": dict(Counter(r["fail_reason"].split(":")[0] for r in rows if not r["cutout_ok"])),
             "psf_fallback_rows": int(sum(1 for r in rows if r["psf_fallback"])),
             "nonfinite_stamps": int(sum(1 for r in rows if not np.isfinite(r["stamp"]).all())),
+            "negatives": int(sum(1 for r in rows if r["cutout_ok"] and r["is_control"])),
+            "impostors": dict(Counter(r.get("impostor", "none") for r in rows if r["cutout_ok"] and r["is_control"]
+                                      and r.get("impostor", "none") != "none")),
+            # the injected population's values (the ok injected rows), for its quantiles in metrics/stamps.json
+            "population": {c: [float(r[c]) for r in rows if r["cutout_ok"] and not r["is_control"]]
+                           for c in POPULATION_COLUMNS},
             # the first few full reasons of failures that are not a stamp over the brick edge (for the warning)
             "first_failures": list(dict.fromkeys(r["fail_reason"] for r in rows if not r["cutout_ok"]
-                                                 and r["fail_reason"] != "off_brick_edge"))[:3]}
+                                                 and r["fail_reason"] not in EXPECTED_FAILS))[:3]}
 
 
 def split_failures(stats: list[dict]) -> list[dict]:
@@ -142,7 +156,7 @@ def split_failures(stats: list[dict]) -> list[dict]:
     for split in dict.fromkeys(s["split"] for s in stats):
         mine = [s for s in stats if s["split"] == split]
         rows = sum(s["rows"] for s in mine)
-        lost = sum(v for s in mine for k, v in s["fail_reasons"].items() if k != "off_brick_edge")
+        lost = sum(v for s in mine for k, v in s["fail_reasons"].items() if k not in EXPECTED_FAILS)
         nonfinite = sum(s["nonfinite_stamps"] for s in mine)
         first = [f for s in mine for f in s.get("first_failures", [])][:3]
         out.append({"split": split, "rows": rows, "lost": lost, "nonfinite": nonfinite,
@@ -173,17 +187,36 @@ def too_many_failures(stats: list[dict], max_failed_frac: float) -> str | None:
             f"in params.yaml; no output written")
 
 
+def population_quantiles(values) -> dict:
+    """{"n", "q05", "q25", "q50", "q75", "q95"} of the finite ``values`` (None each when there are none)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    out: dict = {"n": len(v)}
+    for q in QUANTILES:
+        out[f"q{round(100 * q):02d}"] = float(np.quantile(v, q)) if len(v) else None
+    return out
+
+
 def summarize_stats(stats: list[dict]) -> dict:
     """Per-split totals of :func:`write_file`'s per-file counts, as metrics/stamps.json reports them.
 
     Every failed cutout is counted under its reason (``off_brick_edge``, ``missing_coadd``,
     ``coadd_error``), every row whose PSF FWHM fell back to another band under
-    ``psf_fallback_rows`` and every non-finite stamp under ``nonfinite_stamps``.
+    ``psf_fallback_rows`` and every non-finite stamp under ``nonfinite_stamps``. Per split also the
+    ok negatives (``negatives``: controls and evaluation negatives, the impostors among them by class)
+    and the quantiles of the injected population's :data:`POPULATION_COLUMNS` (peak arc S/N per
+    pixel, total magnification, theta_E / PSF FWHM) over its ok injected rows.
     """
     splits: dict[str, dict] = {}
+    values: dict[str, dict] = {}
     for s in stats:
         d = splits.setdefault(s["split"], {"rows": 0, "cutout_ok": 0, "fail_reasons": {}, "psf_fallback_rows": 0,
-                                           "nonfinite_stamps": 0, "files": 0})
+                                           "nonfinite_stamps": 0, "files": 0, "negatives": 0, "impostors": {}})
+        d["negatives"] += s.get("negatives", 0)
+        for k, v in s.get("impostors", {}).items():
+            d["impostors"][k] = d["impostors"].get(k, 0) + v
+        for c, v in s.get("population", {}).items():
+            values.setdefault(s["split"], {}).setdefault(c, []).extend(v)
         d["rows"] += s["rows"]
         d["cutout_ok"] += s["cutout_ok"]
         d["psf_fallback_rows"] += s["psf_fallback_rows"]
@@ -191,6 +224,10 @@ def summarize_stats(stats: list[dict]) -> dict:
         d["files"] += 1
         for k, v in s["fail_reasons"].items():
             d["fail_reasons"][k] = d["fail_reasons"].get(k, 0) + v
+    for split, d in splits.items():
+        d["impostors"] = {c: d["impostors"].get(c, 0) for c in IMPOSTOR_CLASSES}
+        d["population_quantiles"] = {c: population_quantiles(values.get(split, {}).get(c, []))
+                                     for c in POPULATION_COLUMNS}
     return {"splits": splits, "n_rows": sum(d["rows"] for d in splits.values()),
             "n_cutout_failed": sum(d["rows"] - d["cutout_ok"] for d in splits.values())}
 
@@ -273,7 +310,8 @@ def run_stamps(rows: list[dict], coadd_root: str, out_dir: str, params: dict,
         def write_partition(index, items):
             items = list(items)
             gallery = [{k: v for k, v in r.items() if k in ("sample_id", "clean", "stamp", "config_id",
-                                                            "theta_e_arcsec", "arc_snr", "split")}
+                                                            "theta_e_arcsec", "arc_snr", "split", "impostor",
+                                                            "source_model", "source_ident")}
                        for _, r in items if "clean" in r]
             split, bucket, file_paired = files[index]
             try:

@@ -41,6 +41,8 @@ def _release_tree(survey: Path, dest: Path) -> Path:
         D.write_sweep(south / "sweep" / "10.1-extra" / sw.name.replace(".fits", "-ex.fits"),
                       {"RELEASE": np.zeros(3, np.int16)})
     shutil.copytree(survey / "coadd", south / "coadd", copy_function=shutil.copyfile)
+    # the mock's lens-impostor side table (survey.impostors, relative to the root): the same negatives
+    shutil.copyfile(survey / "impostors.fits", south / "impostors.fits")
     with fits.open(survey / "known_lenses.fits") as h:
         k = h[1].data
         cols = [fits.Column(name=c.name, format=c.format, array=np.concatenate(

@@ -386,17 +386,26 @@ def _fill_phase_buffers(phases, plan, sel, buf):
 @njit(**_JIT_EXACT)
 def _phase_support(phases, out):
     """out[b] = sum_p |phases[b, p]| (only its nonzero pattern is used: the crop box)."""
-    for b in range(phases.shape[0]):
-        for r in range(phases.shape[2]):
-            for c in range(phases.shape[3]):
-                acc = 0.0
-                for p in range(phases.shape[1]):
-                    acc += abs(phases[b, p, r, c])
-                out[b, r, c] = acc
+    for b in range(phases.shape[0]):       # phase-major (memory order); only nonzero-ness is used
+        out[b] = 0.0
+        for p in range(phases.shape[1]):
+            for r in range(phases.shape[2]):
+                for c in range(phases.shape[3]):
+                    out[b, r, c] += abs(phases[b, p, r, c])
 
 
-def _phase_kernel_fft(kernel: np.ndarray, m: int, cdtype) -> np.ndarray:
-    return np.stack([_kernel_fft(np.ascontiguousarray(kernel[p]), m, cdtype) for p in range(kernel.shape[0])])
+def _phase_kernels_fft(kers: np.ndarray, m: int, cdtype) -> np.ndarray:
+    """(K, P, m, m // 2 + 1) rfft2 of every phase of every kernel set ``kers`` (K, P, k, k), each centred
+    kernel wrapped around (0, 0) on an m x m grid: one transform call over the stack (the same bytes as
+    :func:`_kernel_fft` phase by phase, without its per-phase cache keys)."""
+    import scipy.fft as sfft
+
+    k = kers.shape[2]
+    h = k // 2
+    pad = np.zeros(kers.shape[:2] + (m, m))
+    pad[:, :, :k, :k] = kers
+    pad = np.roll(pad, (-h, -h), axis=(2, 3))  # kernel centres -> (0, 0)
+    return sfft.rfft2(pad, axes=(-2, -1), workers=1).astype(cdtype)
 
 
 _PSTACK_CACHE: dict = {}
@@ -468,7 +477,7 @@ def _convolve_phases(phases: np.ndarray, kers: np.ndarray, idx: np.ndarray, scal
         key = (int(m), np.dtype(cdt).char, kers.shape, kset)
         kf = _PSTACK_CACHE.get(key)
         if kf is None:
-            kf = np.stack([_phase_kernel_fft(k, int(m), cdt) for k in kers])        # (K, P, m, m//2+1)
+            kf = _phase_kernels_fft(kers, int(m), cdt)                               # (K, P, m, m//2+1)
             if len(_PSTACK_CACHE) >= _PSTACK_CACHE_MAX:
                 _PSTACK_CACHE.clear()
             _PSTACK_CACHE[key] = kf

@@ -65,15 +65,13 @@ def radial_profiles(x: np.ndarray, chunk: int = 1024) -> np.ndarray:
     n_rings = min(h, w) // 2
     order = np.flatnonzero(ring < n_rings)
     order = order[np.argsort(ring[order], kind="stable")]      # pixels grouped by ring, in pixel order
-    counts = np.bincount(ring[order], minlength=n_rings).astype(np.float64)
-    starts = np.concatenate([[0], np.cumsum(counts[:-1])]).astype(np.int64)
-    out = np.empty((b, c * n_rings))
-    flat = x.reshape(b * c, h * w)
-    for i0 in range(0, b * c, chunk * c):
-        block = flat[i0:i0 + chunk * c][:, order].astype(np.float64)
-        prof = np.add.reduceat(block, starts, axis=1) / counts
-        out[i0 // c:i0 // c + len(block) // c] = prof.reshape(-1, c * n_rings)
-    return out
+    starts = np.searchsorted(ring[order], np.arange(n_rings))
+    counts = np.diff(np.append(starts, order.size)).astype(np.float64)
+    out = np.empty((b, c, n_rings))
+    for i0 in range(0, b, chunk):
+        block = x[i0:i0 + chunk].reshape(-1, c, h * w)[:, :, order].astype(np.float64)
+        out[i0:i0 + chunk] = np.add.reduceat(block, starts, axis=2) / counts
+    return out.reshape(b, c * n_rings)
 
 
 def cv_logistic_scores(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray | None:

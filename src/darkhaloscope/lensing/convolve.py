@@ -44,19 +44,25 @@ def _check_kernel(k) -> np.ndarray:
     return ker
 
 
-def _kernel_fft(kernel: np.ndarray, m: int, cdtype) -> np.ndarray:
-    """rfft2 of a centred kernel wrapped around (0, 0) on an m x m grid (cached by value)."""
+def _wrapped_rfft2(kernels: np.ndarray, m: int, cdtype) -> np.ndarray:
+    """rfft2 over the last two axes of centred (k, k) kernels (any leading axes), each wrapped around
+    (0, 0) on an m x m grid (m >= k): one transform call for a whole stack."""
     import scipy.fft as sfft
 
+    k = kernels.shape[-1]
+    h = k // 2
+    pad = np.zeros(kernels.shape[:-2] + (m, m))
+    pad[..., :k, :k] = kernels
+    pad = np.roll(pad, (-h, -h), axis=(-2, -1))  # kernel centres -> (0, 0)
+    return sfft.rfft2(pad, axes=(-2, -1), workers=1).astype(cdtype)
+
+
+def _kernel_fft(kernel: np.ndarray, m: int, cdtype) -> np.ndarray:
+    """:func:`_wrapped_rfft2` of one kernel (cached by value)."""
     key = (m, np.dtype(cdtype).char, kernel.shape, kernel.tobytes())
     kf = _KF_CACHE.get(key)
     if kf is None:
-        k = kernel.shape[0]
-        h = k // 2
-        pad = np.zeros((m, m))
-        pad[:k, :k] = kernel
-        pad = np.roll(pad, (-h, -h), axis=(0, 1))  # kernel centre -> (0, 0)
-        kf = sfft.rfft2(pad, workers=1).astype(cdtype)
+        kf = _wrapped_rfft2(kernel, m, cdtype)
         if len(_KF_CACHE) >= _KF_CACHE_MAX:
             _KF_CACHE.clear()
         _KF_CACHE[key] = kf
@@ -394,20 +400,6 @@ def _phase_support(phases, out):
                     out[b, r, c] += abs(phases[b, p, r, c])
 
 
-def _phase_kernels_fft(kers: np.ndarray, m: int, cdtype) -> np.ndarray:
-    """(K, P, m, m // 2 + 1) rfft2 of every phase of every kernel set ``kers`` (K, P, k, k), each centred
-    kernel wrapped around (0, 0) on an m x m grid: one transform call over the stack (the same bytes as
-    :func:`_kernel_fft` phase by phase, without its per-phase cache keys)."""
-    import scipy.fft as sfft
-
-    k = kers.shape[2]
-    h = k // 2
-    pad = np.zeros(kers.shape[:2] + (m, m))
-    pad[:, :, :k, :k] = kers
-    pad = np.roll(pad, (-h, -h), axis=(2, 3))  # kernel centres -> (0, 0)
-    return sfft.rfft2(pad, axes=(-2, -1), workers=1).astype(cdtype)
-
-
 _PSTACK_CACHE: dict = {}
 _PSTACK_CACHE_MAX = 64
 
@@ -477,7 +469,7 @@ def _convolve_phases(phases: np.ndarray, kers: np.ndarray, idx: np.ndarray, scal
         key = (int(m), np.dtype(cdt).char, kers.shape, kset)
         kf = _PSTACK_CACHE.get(key)
         if kf is None:
-            kf = _phase_kernels_fft(kers, int(m), cdt)                               # (K, P, m, m//2+1)
+            kf = _wrapped_rfft2(kers, int(m), cdt)                                   # (K, P, m, m//2+1)
             if len(_PSTACK_CACHE) >= _PSTACK_CACHE_MAX:
                 _PSTACK_CACHE.clear()
             _PSTACK_CACHE[key] = kf

@@ -23,7 +23,7 @@ def main(p: dict) -> None:
                 if not summary["kept"]:
                     print(f"[score] known: no known-lens stamps in {root}; evaluate reports known_n 0")
             else:
-                table, summary = score_files("data/model/best.pt", list_stamp_files(root, split))
+                table, summary = score_files("data/model/best.pt", list_stamp_files(root, split), progress=f"score {split}")
             write_parquet(table, f"{out}/{split}.parquet")
             report[split] = summary
     write_json(report, "metrics/score.json")

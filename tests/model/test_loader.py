@@ -257,6 +257,22 @@ def test_exactly_once_across_ranks_and_workers(index, world, workers):
     assert (plan.sum(axis=1) > 0).all()
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("world, workers, drop_last, batch", [(1, 0, False, 16), (2, 2, False, 7), (1, 3, True, 5),
+                                                              (2, 0, True, 16)])
+def test_n_batches_is_what_the_loader_yields(index, world, workers, drop_last, batch):
+    """The progress bars' totals: batches and samples per rank, exactly as yielded (shards never share a batch)."""
+    for rank in range(world):
+        ds = StampDataset(index, batch, NormConfig("outer"), shuffle=True, seed=3, rank=rank, world_size=world,
+                          drop_last=drop_last)
+        for epoch in (0, 1):
+            ds.set_epoch(epoch)
+            sizes = [len(b[3]) for b in make_loader(ds, workers)]
+            assert len(sizes) == ds.n_batches(epoch, workers), (rank, epoch)
+            assert sum(sizes) == ds.rank_samples(epoch, workers)
+            assert max(sizes) <= batch and (not drop_last or min(sizes) == batch)
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_epoch_reaches_persistent_workers(index, context):
     ds = StampDataset(index, 16, NormConfig("outer"), shuffle=True, augment=True, seed=11)

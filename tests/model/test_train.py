@@ -253,8 +253,8 @@ def test_checkpoint_preprocessing_roundtrip_and_scoring(stamps_root, base_params
     assert load_checkpoint(ckpt)["meta_scaler"] == st
     assert model.config == {"arch": "small_cnn", "input_channels": 3, "dropout": 0.1, "n_meta": 2, "width": 8, "stem": None}
 
-    # scoring has no way to pass another preprocessing than the checkpoint's
-    assert list(inspect.signature(score_files).parameters) == ["ckpt_path", "files", "batch_size"]
+    # scoring has no way to pass another preprocessing than the checkpoint's (progress is only the bar's label)
+    assert list(inspect.signature(score_files).parameters) == ["ckpt_path", "files", "batch_size", "progress"]
 
     files = list_stamp_files(stamps_root, "val")
     table, summary = score_files(ckpt, files, batch_size=24)

@@ -20,12 +20,19 @@ def device_and_amp() -> tuple[torch.device, torch.dtype | None]:
     return torch.device("cpu"), None
 
 
-def predict(model, loader, device, amp_dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sample_ids, labels, float32 logits) over a loader, in loader order."""
+def predict(model, loader, device, amp_dtype, progress: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sample_ids, labels, float32 logits) over a loader, in loader order; ``progress``: the
+    description of a tqdm bar counting stamps (its total: the samples this rank's dataset yields)."""
+    from tqdm import tqdm
+
     model.eval()
     ids, ys, logits = [], [], []
-    with torch.no_grad():
+    ds = loader.dataset
+    total = ds.rank_samples(ds.epoch, loader.num_workers) if hasattr(ds, "rank_samples") else None
+    bar = tqdm(total=total, desc=progress, unit="stamp", disable=progress is None, leave=False, mininterval=10)
+    with torch.no_grad(), bar:
         for x, y, meta, sid in loader:
+            bar.update(len(sid))
             x, meta = x.to(device, non_blocking=True), meta.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = model(x, meta if meta.shape[1] else None)

@@ -655,6 +655,20 @@ class StampDataset(IterableDataset):
     def shard_chunks(self, epoch: int, shard: int, n_shards: int) -> np.ndarray:
         return self.chunk_order(epoch)[shard::n_shards]
 
+    def n_batches(self, epoch: int, num_workers: int = 0) -> int:
+        """Batches this rank yields in ``epoch`` (the progress bar's total): per worker shard
+        ceil(samples / batch_size), or floor with ``drop_last`` (batches never cross shards)."""
+        sizes = self.shard_sizes(epoch, num_workers)[self.rank]
+        bs = self.batch_size
+        return int(sum(n // bs if self.drop_last else -(-n // bs) for n in sizes.tolist()))
+
+    def rank_samples(self, epoch: int, num_workers: int = 0) -> int:
+        """Samples this rank yields in ``epoch`` (fewer than :attr:`n_samples` under torchrun, or with
+        ``drop_last``: each shard's short last batch is not yielded)."""
+        sizes = self.shard_sizes(epoch, num_workers)[self.rank]
+        bs = self.batch_size
+        return int(sum(n // bs * bs if self.drop_last else n for n in sizes.tolist()))
+
     def shard_sizes(self, epoch: int, num_workers: int = 0) -> np.ndarray:
         """Samples per (rank, worker) shard for ``epoch``: shape (world_size, max(1, num_workers))."""
         nw = max(1, int(num_workers))

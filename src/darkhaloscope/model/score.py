@@ -32,7 +32,8 @@ def check_readable(files: list[str], allow_none: bool = False) -> None:
                              f"re-run the stage that wrote it (dvc repro stamps)") from None
 
 
-def score_files(ckpt_path: str, files: list[str], batch_size: int = 256) -> tuple[pa.Table, dict]:
+def score_files(ckpt_path: str, files: list[str], batch_size: int = 256,
+                progress: str | None = None) -> tuple[pa.Table, dict]:
     """Score every usable row of ``files``; returns (table sorted by sample_id, index summary).
 
     Table columns: sample_id, label (1 = lens), logit (float32), score = sigmoid(logit)
@@ -44,8 +45,9 @@ def score_files(ckpt_path: str, files: list[str], batch_size: int = 256) -> tupl
     file without that column) with the control half blank; the summary counts those rows
     as ``kept_without_ctrl`` (besides ``files_scored_without_ctrl`` /
     ``rows_in_files_without_ctrl`` for whole files without the column) and a WARN line says so.
+    ``progress``: the description of a tqdm bar counting the scored stamps (None: no bar).
     """
-    return _score(ckpt_path, files, batch_size, impute_missing_meta=False)
+    return _score(ckpt_path, files, batch_size, impute_missing_meta=False, progress=progress)
 
 
 def score_known_files(ckpt_path: str, files: list[str], batch_size: int = 256) -> tuple[pa.Table, dict]:
@@ -65,7 +67,8 @@ def score_known_files(ckpt_path: str, files: list[str], batch_size: int = 256) -
     return _score(ckpt_path, files, batch_size, impute_missing_meta=True)
 
 
-def _score(ckpt_path: str, files: list[str], batch_size: int, impute_missing_meta: bool) -> tuple[pa.Table, dict]:
+def _score(ckpt_path: str, files: list[str], batch_size: int, impute_missing_meta: bool,
+           progress: str | None = None) -> tuple[pa.Table, dict]:
     model, pre = model_from_checkpoint(ckpt_path)
     check_readable(files)
     device, amp = device_and_amp()
@@ -78,7 +81,7 @@ def _score(ckpt_path: str, files: list[str], batch_size: int, impute_missing_met
     ds = StampDataset(index, batch_size, pre.norm, pre.input_channels, pre.meta_cols, pre.meta_scaler,
                       shuffle=False, augment=False, rank=0, world_size=1, missing_ctrl="zeros",
                       missing_meta="mean" if impute else "error")
-    ids, labels, logits = predict(model, make_loader(ds, 0), device, amp)
+    ids, labels, logits = predict(model, make_loader(ds, 0), device, amp, progress=progress)
     names = set(pq.ParquetFile(files[0]).schema_arrow.names)
     extra = index.read_kept_columns([c for c in STRATA if c in names])
     order_ids = index.sample_ids

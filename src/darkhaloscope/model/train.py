@@ -314,6 +314,7 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
         model.train()
         tot, n, gnorms = 0.0, 0, []
         bar = tqdm(train_loader, desc=f"{stage['name']} epoch {epoch}", unit="batch",
+                   total=train_ds.n_batches(epoch, setup.num_workers),
                    disable=not progress or rank != 0, leave=False, mininterval=10)
         # ranks may hold different numbers of batches (whole row groups are dealt to shards):
         # DDP's join context lets the ranks that finish early shadow the others' all-reduces
@@ -329,7 +330,8 @@ def fit_stage(setup: Setup, stage: dict, stamps_root: str, out_dir: str, init_fr
             sync_optimizer(opt, len(gnorms), rank, world, device)
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        ids, labels, logits = predict(core, val_loader, device, amp)
+        ids, labels, logits = predict(core, val_loader, device, amp,
+                                      progress=f"{stage['name']} epoch {epoch} val" if progress and rank == 0 else None)
         rec = {"stage": stage["name"], "epoch": epoch, "train_loss": tot / max(n, 1), "train_samples": n,
                "lr": lr, "grad_norm_mean": float(np.mean(gnorms)) if gnorms else 0.0,
                "grad_norm_max": float(np.max(gnorms)) if gnorms else 0.0,

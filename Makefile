@@ -27,11 +27,17 @@ repro: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH="$(CURDIR)/src" python -m darkhaloscope.precheck
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
 
+# the suite runs in TEST_WORKERS pytest-xdist processes (one per core of the 2-core reference machine),
+# each test module whole on one worker (--dist loadscope: a module's fixtures are built once);
+# TEST_WORKERS=0 runs it in this process
+TEST_WORKERS ?= 2
+PYTEST = PATH="$(CURDIR)/$(VENV)/bin:$$PATH" python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+
 test: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" python -m pytest -q tests
+	$(PYTEST) tests
 
 test-quick: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" python -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/metrics.py

@@ -34,7 +34,10 @@ def main(p: dict) -> None:
     lab = 1 - rows["is_control"].astype(int)
     out.update(G.lr_rates(lab, G.cv_logistic_scores(E.trivial_features(rows["stamp"], pre), lab, seed=p["seed"]),
                           "shortcut"))
-    out.update(E.shortcut_gates("data/model/best.pt", rows, lab, p["gates"], p["seed"], out["hard_negative_auroc"]))
+    # the unmasked CNN logits are stage score's (one forward pass of the test split, not two)
+    logits = E.logits_of(test, idx.sample_ids, "data/scores/test.parquet")
+    out.update(E.shortcut_gates("data/model/best.pt", rows, lab, p["gates"], p["seed"], out["hard_negative_auroc"],
+                                logits))
     # search.models: the ensemble's test rates next to each member's (ensemble_members: 1 for one model)
     out.update(evaluation_metrics(p, val, test, stamp_set_root(p), n_boot=200, seed=p["seed"]))
     for line in G.failed_gate_lines(out):

@@ -5,7 +5,8 @@ lists them, plus ``.dvc/config``), never the working repository's outputs, and a
 ``params.yaml`` for a tiny mock survey. Everything a test runs there stays under its
 temporary directory; the working repository is only read.
 
-Used by tests/project/ (test_reliability.py, test_gens.py) and every test in tests/e2e/.
+Used by tests/project/ (test_reliability.py, test_gens.py), every test in tests/e2e/ and
+tests/search/test_search_e2e.py; :func:`shared_full_repo` is one full run they share.
 """
 
 from __future__ import annotations
@@ -87,6 +88,37 @@ def tiny_params(epochs: int = 2, patience: int = 50) -> dict:
     p["train"]["curriculum"] = [{"name": "main", "epochs": int(epochs), "lr": 1.0e-3, "min_theta_over_psf": 0.0,
                                  "min_arc_snr": 0.0}]
     return p
+
+
+def full_params() -> dict:
+    """The configuration of the shared full run (:func:`shared_full_repo`): :func:`tiny_params` with a
+    2-epoch training and a 12-candidate search page."""
+    p = tiny_params(epochs=2)
+    p["search"].update(top_k=12, min_score=0.6)
+    return p
+
+
+def shared_full_repo(tmp_path_factory) -> tuple[Path, str]:
+    """(repository, `dvc repro` output) of one full `dvc repro` of :func:`full_params`, built once per
+    test session by whichever xdist worker asks first (the others wait on a file lock) and shared by
+    the modules that read it (tests/e2e/test_pipeline_e2e.py, tests/search/test_search_e2e.py).
+
+    It is a reference: a test that changes anything works in its own :func:`clone_repo` of it.
+    A failed build is not cached: the next module to ask builds again (and fails the same way)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the per-worker basetemps share this directory
+    base = root / "shared-full"
+    with FileLock(str(base) + ".lock"):
+        done = base / "repro.out"
+        if not done.is_file():
+            shutil.rmtree(base, ignore_errors=True)
+            work = make_repo(base / "repo", full_params())
+            out = dvc(["repro"], work, timeout=1800)
+            done.write_text(out)
+    return base / "repo", done.read_text()
 
 
 def write_params(work: Path, params: dict) -> None:

@@ -1,8 +1,9 @@
 """The data stages' bytes do not depend on the CPU's SIMD level (dvc.lock reproduces on any machine).
 
-The data stages of a tiny configuration run twice in two fresh copies: once as a collaborator's
-machine would run them, once with numba compiling for a generic x86-64 CPU (no AVX, no FMA) and
-numpy's dispatch narrowed to its baseline by hand. Every output hash in dvc.lock must agree.
+The data stages of a tiny configuration run twice: once as a collaborator's machine would run them
+(the session's shared full run, tests/_tinyrepo.py), once in a fresh copy with numba compiling for
+a generic x86-64 CPU (no AVX, no FMA) and numpy's dispatch narrowed to its baseline by hand. Every
+output hash in dvc.lock must agree.
 """
 
 from __future__ import annotations
@@ -18,22 +19,17 @@ import _tinyrepo as T
 DATA_STAGES = ("survey", "parent", "manifest", "coadds", "stamps")
 
 
-def _repro(work, **env):
-    T.run([T.VENV_BIN / "dvc", "repro", "stamps"], work, timeout=900, **env)
-    return T.out_md5s(work, DATA_STAGES)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 dispatch levels")
-def test_data_hashes_do_not_depend_on_simd_level(tmp_path):
-    params = T.tiny_params()
-    # smaller than the other e2e copies: the point is the bytes, not the statistics
-    params["survey"]["mock"].update(n_bricks_ra=2, n_bricks_dec=1, brick_size_pix=240, n_lrg_per_brick=25)
-    normal = _repro(T.make_repo(tmp_path / "normal", params))
-    narrowed = _repro(T.make_repo(tmp_path / "narrowed", params),
-                      NUMBA_CPU_NAME="generic", NUMBA_CPU_FEATURES="",
-                      NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4 AVX512_ICL AVX512_SPR")
-    assert narrowed == normal
+def test_data_hashes_do_not_depend_on_simd_level(tmp_path_factory, tmp_path):
+    # as a collaborator's machine runs them: the session's shared full run (tests/_tinyrepo.py)
+    shared, _ = T.shared_full_repo(tmp_path_factory)
+    normal = T.out_md5s(shared, DATA_STAGES)
+    # in a fresh copy of the same sources and params (no numba cache of any kind, no outputs)
+    work = T.make_repo(tmp_path / "narrowed", T.full_params())
+    T.run([T.VENV_BIN / "dvc", "repro", "stamps"], work, timeout=900, NUMBA_CPU_NAME="generic",
+          NUMBA_CPU_FEATURES="", NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4 AVX512_ICL AVX512_SPR")
+    assert T.out_md5s(work, DATA_STAGES) == normal
     assert all(normal[s] for s in DATA_STAGES)
 
 

@@ -35,12 +35,11 @@ def strict_json(path: Path):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    # tiny_params: 2x2 bricks of 300 px and ~0.4 arcmin sky regions (nside 8192), so the region split
-    # leaves galaxies in val and test; a 2-epoch training
-    work = T.make_repo(tmp_path_factory.mktemp("e2e_full") / "repo", T.tiny_params(epochs=2, patience=5))
-    assert not (work / "data" / "stamps").exists()  # outputs never travel, only sources
-    out = T.dvc(["repro", "evaluate"], work, timeout=420)
-    return work, out
+    # the session's shared full `dvc repro` (tests/_tinyrepo.py full_params: 2x2 bricks of 300 px and
+    # ~0.4 arcmin sky regions, so the region split leaves galaxies in val and test; a 2-epoch training),
+    # in this module's own copy (test_exp_run_focal changes it)
+    shared, out = T.shared_full_repo(tmp_path_factory)
+    return T.clone_repo(shared, tmp_path_factory.mktemp("e2e_full") / "repo"), out
 
 
 def test_repro_runs_every_stage_through_evaluate(pipeline):

@@ -4,6 +4,7 @@ answer is known, and the residual normalisation that removes the host's symmetri
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from torch import nn
@@ -143,6 +144,37 @@ def test_core_masked_drop_through_shortcut_gates(monkeypatch, signal, aperture, 
         assert abs(rep["gate_core_masked_drop"]) < 0.05 and rep["gate_core_lr_auroc_passed"]
     for k in ("core_lr_tpr@fpr1e-2", "core_lr_tpr@fpr1e-3", "radial_lr_auroc", "cnn_core_masked_tpr@fpr1e-2"):
         assert k in rep
+
+
+def test_shortcut_gates_take_stage_score_logits_and_score_only_the_missing_rows(monkeypatch):
+    """Given stage score's logits the unmasked pass is not recomputed (NaN rows are): the same gates
+    as computing them all here; a wrong logit vector changes the masked drop, a wrong length is refused."""
+    x, lab = _sample(160, core_blob, 5)
+    pre = Preprocess(NormConfig("outer", 16, (-10.0, 10.0)), 3)
+    model = _ApertureModel(R < 4)
+    monkeypatch.setattr(E, "model_from_checkpoint", lambda path: (model, pre))
+    ref = E.shortcut_gates("unused.pt", {"stamp": x}, lab, GATES, seed=0)
+    from darkhaloscope.model.inference import predict_arrays
+
+    lg = predict_arrays(model, pre, x, None, None)
+    part = lg.copy()
+    part[::3] = np.nan
+    for given in (lg, part):
+        assert E.shortcut_gates("unused.pt", {"stamp": x}, lab, GATES, seed=0, logits=given) == ref
+    flipped = E.shortcut_gates("unused.pt", {"stamp": x}, lab, GATES, seed=0, logits=-lg)
+    assert flipped["gate_core_masked_drop"] != ref["gate_core_masked_drop"]
+    with pytest.raises(ValueError, match="159 logits for 160 rows"):
+        E.shortcut_gates("unused.pt", {"stamp": x}, lab, GATES, seed=0, logits=lg[1:])
+
+
+def test_logits_of_aligns_by_sample_id_with_nan_for_absent_ids():
+    t = pa.table({"sample_id": pa.array([30, 10, 20], pa.int64()), "logit": pa.array([3.0, 1.0, 2.0], pa.float32())})
+    got = E.logits_of(t, [20, 99, 10, 30], "scores/test.parquet")
+    np.testing.assert_array_equal(got[[0, 2, 3]], np.float32([2.0, 1.0, 3.0]))
+    assert np.isnan(got[1]) and got.dtype == np.float32
+    assert np.isnan(E.logits_of(t.slice(0, 0), [1, 2], "x")).all()
+    with pytest.raises(ValueError, match="scores/test.parquet: column.*logit"):
+        E.logits_of(t.drop(["logit"]), [10], "scores/test.parquet")
 
 
 # ----------------------------------------------------------------------------- residual normalisation

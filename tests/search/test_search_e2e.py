@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -21,9 +22,7 @@ OUTS = ("candidates.parquet", "candidates.fits", "candidates.csv", "inspect/inde
 
 
 def _tiny() -> dict:
-    p = T.tiny_params(epochs=2)
-    p["search"].update(top_k=12, min_score=0.6)
-    return p
+    return T.full_params()
 
 
 def _files(work: Path) -> dict:
@@ -35,9 +34,10 @@ def _files(work: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    work = T.make_repo(tmp_path_factory.mktemp("search") / "repo", _tiny())
-    out = T.dvc(["repro"], work, timeout=3000)
+    # the session's shared full run (tests/_tinyrepo.py), in this module's own copy
+    shared, out = T.shared_full_repo(tmp_path_factory)
     assert "search" in T.ran_stages(out), out[-3000:]
+    work = T.clone_repo(shared, tmp_path_factory.mktemp("search") / "repo")
     return work, _files(work)
 
 
@@ -51,7 +51,10 @@ def test_default_repro_runs_search_and_writes_catalogue_page_and_metrics(repo):
     assert pop["parent_sample"] == parent
     assert pop["parent_sample_in_stamp_set"] + pop["to_cut"] == parent and pop["not_cut"] == 0
     src = pop["per_source"]
-    assert src["parent"]["rows_read"] + src["cut"]["rows_read"] == parent  # every parent galaxy was looked at
+    # every parent galaxy was looked at: the val / test ones in the stamp set's evaluation negatives, not cut again
+    assert src["parent"]["rows_read"] + src["control"]["rows_read"] + src.get("cut", {}).get("rows_read", 0) == parent
+    assert pop["parent_sample_in_controls"] == src["control"]["rows_read"] > 0
+    assert pop["parent_sample_in_parent_split"] + pop["parent_sample_in_controls"] == pop["parent_sample_in_stamp_set"]
     read = sum(v["rows_read"] for v in src.values())
     assert m["galaxies_scored"] == pop["scored"] == read - sum(pop["dropped"].values())  # and nothing left uncounted
     # the mock's genuinely lensed LRGs: every one is scored and ranked
@@ -70,6 +73,29 @@ def test_default_repro_runs_search_and_writes_catalogue_page_and_metrics(repo):
     assert json.loads((work / "metrics" / "eval.json").read_text())["ensemble_members"] == 1
     out = T.dvc(["repro"], work)
     assert T.ran_stages(out) == set(), out[-2000:]
+
+
+def test_an_evaluation_negative_is_the_cutout_the_search_would_cut(repo, tmp_path, monkeypatch):
+    """The search scores the val / test galaxies from their evaluation negatives in the stamp set
+    instead of cutting them: those stamps are, byte for byte, what its own cutting makes."""
+    from darkhaloscope.search import scan
+
+    work, _ = repo
+    p = yaml.safe_load((work / "params.yaml").read_text())
+    files = sorted((work / "data" / "stamps" / "val").glob("part-*.parquet"))
+    t = pq.read_table(files[0], columns=["sample_id", "row_id", "is_control"])
+    ctrl = t.filter(pc.equal(t.column("is_control"), 1)).slice(0, 4)
+    assert ctrl.num_rows == 4
+    parent = pq.read_table(work / "data" / "parent" / "parent.parquet")
+    sub = parent.filter(pc.is_in(parent.column("row_id"), value_set=ctrl.column("row_id")))
+    rows = scan.cut_rows(sub, p["seed"])
+    monkeypatch.chdir(work)  # survey.root is relative to the repository
+    cut_files, summ = scan.cut_galaxies(rows, p, str(tmp_path / "cut"))
+    assert summ["rows"] == 4
+    got, _ = scan.read_stamps(cut_files, np.array([r["sample_id"] for r in rows]))
+    by_row = dict(zip(ctrl.column("row_id").to_pylist(), ctrl.column("sample_id").to_pylist()))
+    ref, _ = scan.read_stamps([str(f) for f in files], np.array([by_row[r["row_id"]] for r in rows]))
+    assert got.tobytes() == ref.tobytes()
 
 
 def test_a_killed_search_resumes_to_the_uninterrupted_bytes(repo, tmp_path):

@@ -134,6 +134,57 @@ def test_plan_covers_the_parent_sample_and_counts_what_it_leaves(tmp_path, data,
     assert pl.counts["known_duplicates"] == 1
 
 
+def test_controls_of_the_eval_splits_stand_in_for_cutting_and_take_known_logits(tmp_path, data, shipped_params_raw,
+                                                                                  monkeypatch):
+    """Galaxies without a parent-split cutout that the stamp set holds un-injected (a control row of
+    train / val / test) are scored from there, once each, instead of cut; logits already known for
+    those rows are taken (and fingerprinted) instead of a forward pass."""
+    root = str(tmp_path / "set")
+    gal = data["gal"]
+    # galaxies 31, 32 and 34 (not in the parent split) as controls; 33 only injected; 31 twice
+    rows = [31, 32, 33, 34, 31]
+    cols = {c: gal[c][rows] for c in ("row_id", "brickname", "objid", "ra", "dec")}
+    cols["sample_id"] = np.array([7001, 7002, 7003, 7004, 7005])
+    cols["is_control"] = np.array([1, 1, 0, 1, 1], np.int8)
+    S.make_stamp_file(f"{root}/val/part-00001.parquet", columns=cols, stamps="noise", rng=3)
+    p = SD.params(shipped_params_raw, cut_missing=True, cut_group_size=4)
+    pl = scan.plan(p, root, f"{root}/parent.parquet")
+    ctrl = [u for u in pl.units if u.source == "control"]
+    assert [u.name for u in ctrl] == ["val-00001"] and ctrl[0].split == "val"
+    assert ctrl[0].include_ids.tolist() == [7001, 7002, 7004] and ctrl[0].n_rows == 3
+    c = pl.counts
+    assert c["parent_sample_in_controls"] == 3 and c["parent_sample_in_parent_split"] == 30
+    assert c["parent_sample_in_stamp_set"] == 33 and c["to_cut"] == 7
+    assert c["control_files_without_ids"] == 2  # the synthetic val / test files carry no galaxy ids
+    cut_ids = {r["row_id"] for u in pl.units if u.source == "cut" for r in u.rows}
+    assert len(cut_ids) == 7 and not cut_ids & {1031, 1032, 1034}
+    # scoring: the given logits (7001, 7004) are taken, the other row runs through the model
+    ck = SD.checkpoint(tmp_path / "m.pt")
+    scorer = _scorer([ck])
+    ref, summ0 = scan.score_unit(ctrl[0], scorer, p, pl.splits, str(tmp_path))
+    seen = []
+    fwd = scorer.forward
+    monkeypatch.setattr(scorer, "forward", lambda j, x, m: seen.append(len(x)) or fwd(j, x, m))
+    given = scan.given_for(ctrl[0], {"val": [(np.array([7004, 7001, 9999]), np.float32([4.5, 1.5, 9.0]))]}, 1)
+    t, summ = scan.score_unit(ctrl[0], scorer, p, pl.splits, str(tmp_path), given=given)
+    assert seen == [1] and summ["logits_given"] == [2] and summ0["logits_given"] == [0]
+    got = dict(zip(t.column("sample_id").to_pylist(), t.column("logit_0").to_pylist()))
+    assert got[7001] == 1.5 and got[7004] == 4.5
+    assert got[7002] == dict(zip(ref.column("sample_id").to_pylist(), ref.column("logit_0").to_pylist()))[7002]
+    assert set(t.column("source").to_pylist()) == {"control"} and t.column("split").to_pylist() == ["val", "test", "val"]  # the sky splits
+    assert scan.unit_fingerprint(ctrl[0], scorer, given) != scan.unit_fingerprint(ctrl[0], scorer)
+    # only control units of that split take them
+    assert scan.given_for(pl.units[0], {"val": [given[0]]}, 1) == [None]
+    assert scan.given_for(ctrl[0], {"test": [given[0]]}, 1) == [None]
+    # through run_units: taken by a 3-channel model, never by a 6-channel one (scoring showed it the control)
+    raw = {"val": [(np.array([7004, 7001]), np.float32([4.5, 1.5]))]}
+    for k, (channels, n_given) in enumerate(((3, 2), (6, 0))):
+        cp = SD.checkpoint(tmp_path / f"c{channels}.pt", channels=channels)
+        paths, _ = scan.run_units(scan.Plan([ctrl[0]], {}, pl.splits), _scorer([cp]), p, str(tmp_path / f"w{k}"),
+                                  progress=False, given_logits=raw)
+        assert scan.read_part(paths[0])[1]["logits_given"] == [n_given], channels
+
+
 def test_a_parent_row_of_another_sample_is_scored_and_counted(tmp_path, shipped_params_raw):
     data = SD.stamp_set(tmp_path / "set")
     gal = pq.read_table(tmp_path / "set" / "parent.parquet")

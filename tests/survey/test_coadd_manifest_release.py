@@ -69,12 +69,13 @@ def _stamp_tables(work: Path) -> dict:
             for p in sorted((work / "data" / "stamps").rglob("*.parquet"))}
 
 
-def test_release_tree_runs_to_stamps_with_only_the_root_changed(tmp_path):
-    params = T.tiny_params()
+def test_release_tree_runs_to_stamps_with_only_the_root_changed(tmp_path_factory, tmp_path):
+    # the mock, coadd_mode auto -> copy: the session's shared full run (tests/_tinyrepo.py), in a copy
+    shared, _ = T.shared_full_repo(tmp_path_factory)
+    work = T.clone_repo(shared, tmp_path / "repo")
+    params = T.full_params()
     cache = tmp_path / "coadd-cache"
     params["survey"]["coadd_cache"]["dir"] = str(cache)
-    work = T.make_repo(tmp_path / "repo", params)
-    T.dvc(["repro", "stamps"], work, timeout=900)  # the mock, coadd_mode auto -> copy
     assert json.loads((work / "metrics" / "coadds.json").read_text())["mode"] == "copy"
     baseline = _stamp_tables(work)
     assert baseline

@@ -140,13 +140,15 @@ def impostor_metrics(test: pa.Table, thresholds: dict) -> dict:
 
 
 def shortcut_gates(ckpt_path: str, rows: dict, labels: np.ndarray, g: dict, seed: int,
-                   hard_negative_auroc: float | None = None) -> dict:
+                   hard_negative_auroc: float | None = None, logits: np.ndarray | None = None) -> dict:
     """Every gate of :mod:`darkhaloscope.evaluation.gates` on test rows, with thresholds and flags.
 
     ``rows``: :func:`read_rows` output (``stamp`` (B, 3, H, W) nanomaggies, optional
     ``ctrl_stamp``, the model's meta columns) of the kept test rows; ``labels`` 1 = lens;
     ``g``: the params ``gates`` section; ``hard_negative_auroc``: the CNN's AUROC of positives
-    against the test impostors (:func:`impostor_metrics`; None: not computable). Also reports the core and radial regressions' own
+    against the test impostors (:func:`impostor_metrics`; None: not computable); ``logits``: the
+    CNN's float32 logits of these rows unmasked, in row order (stage score's, so the unmasked AUROC
+    is eval.json's ``auroc``; NaN for a row computed here; None: all computed here). Also reports the core and radial regressions' own
     tpr@fpr1e-2 / 1e-3 (``core_lr_*``, ``radial_lr_*``) and the masked CNN's AUROC and
     tpr@fpr1e-2 (``cnn_core_masked_*``), all on the same rows.
     """
@@ -164,7 +166,17 @@ def shortcut_gates(ckpt_path: str, rows: dict, labels: np.ndarray, g: dict, seed
         return None if x is None else G.mask_core(x, float(g["mask_radius"]), float(g["mask_outer_radius"]), s)
 
     kw = {"impute_meta": True} if pre.meta_cols else {}
-    s0 = sigmoid(predict_arrays(model, pre, stamps, ctrl, meta, **kw))
+    if logits is None:
+        logits = predict_arrays(model, pre, stamps, ctrl, meta, **kw)
+    else:
+        if len(logits) != len(labels):
+            raise ValueError(f"shortcut_gates: {len(logits)} logits for {len(labels)} rows")
+        logits = np.array(logits, np.float32)
+        todo = np.flatnonzero(~np.isfinite(logits))  # rows stage score did not score: scored here
+        if len(todo):
+            logits[todo] = predict_arrays(model, pre, stamps[todo], None if ctrl is None else ctrl[todo],
+                                          None if meta is None else meta[todo], **kw)
+    s0 = sigmoid(logits)
     s1 = sigmoid(predict_arrays(model, pre, masked(stamps, seed), masked(ctrl, seed + 1), meta, **kw))
     base, drop_auc = M.auroc(labels, s0), M.auroc(labels, s1)
     t0, t1 = M.tpr_at_fpr(labels, s0, 1e-2), M.tpr_at_fpr(labels, s1, 1e-2)
@@ -205,6 +217,23 @@ def saliency_gallery(ckpt_path: str, stamps: np.ndarray, ctrl: np.ndarray | None
     axes[0, 1].set_title("Grad-CAM (lens logit)", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def logits_of(table: pa.Table, ids, where: str) -> np.ndarray:
+    """float32 ``logit`` of ``table`` (stage score's, sorted or not) for each sample id of ``ids``,
+    in that order; NaN for an id the table does not hold (a row scoring dropped). ``where``
+    names the table in the error for a table without ``sample_id`` / ``logit``."""
+    missing = [c for c in ("sample_id", "logit") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{where}: column(s) {missing} missing (has {table.column_names})")
+    sid = _col(table, "sample_id").astype(np.int64)
+    lg = _col(table, "logit").astype(np.float32)
+    order = np.argsort(sid, kind="stable")
+    sid, lg = sid[order], lg[order]
+    ids = np.asarray(ids, np.int64)
+    pos = np.minimum(np.searchsorted(sid, ids), max(len(sid) - 1, 0))
+    hit = (sid[pos] == ids) if len(sid) else np.zeros(len(ids), bool)
+    return np.where(hit, lg[pos] if len(sid) else np.float32(np.nan), np.float32(np.nan)).astype(np.float32)
 
 
 def read_rows(files: list[str], ids, columns=()) -> dict:

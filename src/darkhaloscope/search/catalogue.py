@@ -42,7 +42,7 @@ from darkhaloscope.outputs import atomic_file
 from darkhaloscope.search import ensemble as EN
 from darkhaloscope.search.scan import ID_COLUMNS, read_part
 
-SOURCE_CODES = {"parent": 0, "cut": 1, "known": 2}
+SOURCE_CODES = {"parent": 0, "cut": 1, "known": 2, "control": 3}
 #: catalogue columns besides ID_COLUMNS and the per-model ones, with their units
 UNITS = {"ra": "deg", "dec": "deg", "ensemble_score": "see search.combine", "probability": "P(lens) at val balance",
          "known_sep_arcsec": "arcsec", "rank": "1 = most lens-like"}

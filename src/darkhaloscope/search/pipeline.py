@@ -38,12 +38,14 @@ log = logging.getLogger(__name__)
 
 
 def calibrate(members, root: str, scores_dir: str, current: str = EN.CURRENT_MODEL) -> dict:
-    """Val calibration of every member and ensemble, and the test split's member logits (aligned)."""
-    out = {}
+    """Val calibration of every member and ensemble, the test split's member logits (aligned), and
+    ``given``: {split: per member (sample ids, logits)} of every val / test row scored."""
+    out, given = {}, {}
     for split in ("val", "test"):
         path = os.path.join(scores_dir, f"{split}.parquet")
         table = pq.read_table(path) if os.path.isfile(path) else None
         tables = EN.member_split_scores(members, list_stamp_files(root, split), table, current)
+        given[split] = [(t.column("sample_id").to_numpy(), t.column("logit").to_numpy()) for t in tables]
         _, y, logits, left = EN.align(tables, f"search.models on the {split} split")
         if len(np.unique(y)) < 2:
             raise ValueError(f"search: the {split} split's scored rows hold one class only; Platt scaling and the "
@@ -51,7 +53,7 @@ def calibrate(members, root: str, scores_dir: str, current: str = EN.CURRENT_MOD
         out[split] = (y, logits, left)
     platt = EN.fit_calibrations(out["val"][0], out["val"][1])
     ens_platt = EN.fit_ensemble_calibration(out["val"][0], out["val"][1], platt)
-    return {"platt": platt, "ens_platt": ens_platt, "test": out["test"][:2],
+    return {"platt": platt, "ens_platt": ens_platt, "test": out["test"][:2], "given": given,
             "rows_left_out": {"val": int(out["val"][2]), "test": int(out["test"][2])}}
 
 
@@ -130,7 +132,9 @@ def run_search(params: dict, parent_path: str, scores_dir: str, out_dir: str, pr
         pl = S.plan(params, root, parent_path)
         scorer = S.Scorer.load([m.path for m in members], [m.sha256 for m in members], s["batch_size"])
         t0 = time.perf_counter()
-        parts, done = S.run_units(pl, scorer, params, work_dir, progress, stash_k=int(s["top_k"]))
+        # the val / test galaxies' evaluation negatives take the logits the calibration already has
+        parts, done = S.run_units(pl, scorer, params, work_dir, progress, stash_k=int(s["top_k"]),
+                                  given_logits=cal["given"])
         dt = time.perf_counter() - t0
         pop = population_counts(pl, parts)
         if done["scored"]:

@@ -5,11 +5,18 @@ The scored population (:func:`plan`):
 - every row of the stamp set's ``parent`` split (un-injected cutouts of parent galaxies, cut by
   stage ``stamps``), matched to the parent sample (``data/parent/parent.parquet``) by
   ``row_id`` (and ``brickname`` + ``objid``) for its sky split;
+- for the galaxies still unmatched, their un-injected cutouts in the stamp set's train, val and
+  test splits (``is_control == 1`` rows: controls, impostors and, with
+  ``manifest.eval_negatives``, the evaluation negative of every val / test galaxy), source
+  ``control``: stage ``stamps`` cut them as it cuts the parent split, so they are not cut again.
+  Where the val / test logits of a member are already known (stage score's tables for the
+  current model, the calibration's own scoring for the others: ``given_logits`` of
+  :func:`run_units`), those rows are not run through the model again;
 - with ``search.cut_missing``, every parent-sample galaxy without such a cutout (on the default
-  pipeline: the galaxies of the val and test regions, and the train-region galaxies that carry
-  an injection), cut un-injected under Spark from ``survey.root`` exactly as stage ``stamps``
-  cuts (:func:`darkhaloscope.stamps.spark.run_stamps`), ``search.cut_group_size`` galaxies per
-  job; without it they are counted as ``not_cut``;
+  pipeline: the train-region galaxies that carry an injection, and the val / test galaxies the
+  manifest's caps left out), cut un-injected under Spark from ``survey.root`` exactly as stage
+  ``stamps`` cuts (:func:`darkhaloscope.stamps.spark.run_stamps`), ``search.cut_group_size``
+  galaxies per job; without it they are counted as ``not_cut``;
 - the stamp set's ``known`` split (cutouts at the known lenses' positions), except a known lens
   whose galaxy is already planned (a parent galaxy within :data:`DUPLICATE_RADIUS_ARCSEC`):
   counted as ``known_duplicates``.
@@ -53,7 +60,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from darkhaloscope.constants import KNOWN_SPLIT, NO_IMPOSTOR, PARENT_SPLIT
+from darkhaloscope.constants import KNOWN_SPLIT, NO_IMPOSTOR, PARENT_SPLIT, SPLITS
 from darkhaloscope.model import inference
 from darkhaloscope.model.checkpoint import model_from_checkpoint
 from darkhaloscope.outputs import atomic_file
@@ -70,12 +77,14 @@ CPU_BLOCK = 256
 #: a known-lens cutout this close to a scored parent galaxy is that galaxy (arcsec; ~4 pixels)
 DUPLICATE_RADIUS_ARCSEC = 1.0
 #: where a scored row's stamp came from
-SOURCES = ("parent", "cut", "known")
+SOURCES = ("parent", "cut", "known", "control")
 #: drop reasons of the streaming reader (the loader's names)
 DROP_REASONS = ("cutout_not_ok", "nonfinite_stamp", "duplicate_sample_id")
 #: parent-sample columns a cut needs (stage stamps' parent rows carry the same)
 CUT_COLUMNS = ("row_id", "ra", "dec", "brickname", "objid", "split", "mag_r", "psfsize_g", "psfsize_r", "psfsize_z",
                "psfdepth_g", "psfdepth_r", "psfdepth_z")
+#: what a train / val / test stamp file needs for its controls to stand in for cutting their galaxies
+CONTROL_ID_COLUMNS = ("sample_id", "row_id", "brickname", "objid", "ra", "dec", "is_control")
 #: identity columns of a scored row, in part order (then logit_<i> per model)
 ID_COLUMNS = ("source", "sample_id", "row_id", "split", "brickname", "objid", "ra", "dec", "name")
 FINGERPRINT_KEY = b"dhs_search_fingerprint"
@@ -122,6 +131,7 @@ class Unit:
     n_rows: int  # rows planned (the progress bar's share)
     identity: str  # fingerprint of the unit's input
     rows: list[dict] | None = None  # cut: the manifest-like rows of the galaxies
+    split: str = ""  # control: the stamp-set split its file belongs to
 
 
 @dataclass
@@ -222,6 +232,34 @@ def plan(params: dict, root: str, parent_path: str) -> Plan:
         include = None if fresh.all() else t.column("sample_id").to_numpy()[fresh]
         units.append(Unit(f"parent-{k:05d}", "parent", [f], include, int(fresh.sum()),
                           _sha(files_fingerprint([f]), None if include is None else include.tobytes())))
+    counts["parent_sample_in_parent_split"] = int(matched.sum())
+    counts["parent_sample_in_controls"] = counts["control_files_without_ids"] = 0
+    for split in SPLITS:  # the un-injected cutouts stage stamps made of the galaxies still unmatched
+        if not os.path.isdir(os.path.join(root, split)):
+            continue
+        for k, f in enumerate(list_stamp_files(root, split)):
+            if not set(CONTROL_ID_COLUMNS) <= set(pq.read_schema(f).names):
+                counts["control_files_without_ids"] += 1  # its galaxies are cut instead (or not_cut)
+                continue
+            t = _read_meta(f, CONTROL_ID_COLUMNS)
+            rid = t.column("row_id").to_numpy().astype(np.int64)
+            idx = _lookup(sorted_ids, order, rid)
+            hit = (t.column("is_control").to_numpy() == 1) & (idx >= 0)
+            keys = np.char.add(np.char.add(np.asarray(t.column("brickname").to_pylist(), dtype=str), "/"),
+                               t.column("objid").to_numpy().astype(str))
+            hit[hit] = cat_keys[idx[hit]] == keys[hit]
+            take = np.flatnonzero(hit)
+            take = take[~matched[idx[take]]]
+            take = take[np.unique(idx[take], return_index=True)[1]]  # one cutout per galaxy: the first
+            take.sort()
+            if not len(take):
+                continue
+            matched[idx[take]] = True
+            counts["parent_sample_in_controls"] += int(len(take))
+            sids = t.column("sample_id").to_numpy().astype(np.int64)[take]
+            positions.append(np.column_stack([t.column("ra").to_numpy()[take], t.column("dec").to_numpy()[take]]))
+            units.append(Unit(f"{split}-{k:05d}", "control", [f], sids, int(len(take)),
+                              _sha(files_fingerprint([f]), sids.tobytes()), split=split))
     counts["parent_sample_in_stamp_set"] = int(matched.sum())
     missing = np.flatnonzero(~matched)
     if s["cut_missing"] and len(missing):
@@ -445,9 +483,40 @@ def stash_path(work_dir: str, unit: Unit) -> str:
     return os.path.join(work_dir, "stash", f"{unit.name}.parquet")
 
 
+def given_for(unit: Unit, given_logits: dict | None, n_models: int) -> list:
+    """Per model, the (sorted sample ids, float32 logits) known for ``unit``'s rows, or None
+    (``given_logits``: {split: per model None or (sample ids, logits) in any order})."""
+    if unit.source != "control" or not given_logits or unit.split not in given_logits:
+        return [None] * n_models
+    g = list(given_logits[unit.split])
+    if len(g) != n_models:
+        raise ValueError(f"given logits of the {unit.split} split: {len(g)} entries for {n_models} models")
+    return [None if x is None else _sorted_logits(*x) for x in g]
+
+
+def _logits(scorer: "Scorer", j: int, x: np.ndarray, m: np.ndarray, sids: np.ndarray, given) -> tuple[np.ndarray, int]:
+    """Model ``j``'s logits of a prepared block: the given ones where known, the model's elsewhere;
+    and how many were given."""
+    if given is None or not len(given[0]):
+        return scorer.forward(j, x, m), 0
+    gs, gl = given
+    pos = np.minimum(np.searchsorted(gs, sids), len(gs) - 1)
+    hit = gs[pos] == sids
+    out = np.empty(len(sids), np.float32)
+    out[hit] = gl[pos[hit]]
+    miss = np.flatnonzero(~hit)
+    if len(miss):
+        out[miss] = scorer.forward(j, x[miss], m[miss])
+    return out, int(hit.sum())
+
+
 def score_unit(unit: Unit, scorer: Scorer, params: dict, splits: dict, work_dir: str, bar=None,
-               workers: int = 1, stash_k: int = 0) -> tuple[pa.Table, dict]:
+               workers: int = 1, stash_k: int = 0, given: list | None = None) -> tuple[pa.Table, dict]:
     """Score one unit: its part table (:data:`ID_COLUMNS`, then ``logit_<i>`` per model) and summary.
+
+    ``given``: per model, None or (sorted sample ids, float32 logits) already known for rows of the
+    unit (:func:`given_for`); those rows take them instead of a forward pass (counted per model as
+    ``logits_given``).
 
     A cut unit's stamps are temporary; with ``stash_k`` the stamps of its ``stash_k`` best rows by
     each model's logit are kept in :func:`stash_path`, so the page need not cut them again (with
@@ -464,6 +533,8 @@ def score_unit(unit: Unit, scorer: Scorer, params: dict, splits: dict, work_dir:
         out = {c: [] for c in ID_COLUMNS}
         logits: list[list[np.ndarray]] = [[] for _ in scorer.models]
         imputed = [0] * len(scorer.models)
+        n_given = [0] * len(scorer.models)
+        given = given if given is not None else [None] * len(scorer.models)
         blocks = stream_blocks(files, unit.include_ids, columns, scorer.block_rows, summary)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             pending: deque = deque()
@@ -481,9 +552,12 @@ def score_unit(unit: Unit, scorer: Scorer, params: dict, splits: dict, work_dir:
                 b, fut = pending.popleft()
                 prepared = fut.result()
                 fill()
+                sids = np.asarray(b.cols["sample_id"], np.int64)
                 for j, (x, m, n_imp) in enumerate(prepared):
-                    logits[j].append(scorer.forward(j, x, m))
+                    lg, k = _logits(scorer, j, x, m, sids, given[j])
+                    logits[j].append(lg)
                     imputed[j] += n_imp
+                    n_given[j] += k
                 _collect(out, b.cols, unit.source, splits)
                 if bar is not None:
                     bar.update(len(b.stamps))
@@ -494,6 +568,7 @@ def score_unit(unit: Unit, scorer: Scorer, params: dict, splits: dict, work_dir:
                                           pa.float32())
         summary["kept"] = int(n)
         summary["meta_imputed"] = imputed
+        summary["logits_given"] = n_given
         if unit.source == "cut" and stash_k > 0 and n:
             _stash(unit, files, cols, len(scorer.models), stash_k, scorer.meta_cols, work_dir)
         if bar is not None:  # rows planned but not scored (dropped) still count as done
@@ -556,10 +631,12 @@ def _finish(out: dict) -> dict:
 # ----------------------------------------------------------------------------- parts and resume
 
 
-def unit_fingerprint(unit: Unit, scorer: Scorer) -> str:
+def unit_fingerprint(unit: Unit, scorer: Scorer, given: list | None = None) -> str:
     code = [SCORE_CODE] + ([CUT_CODE] if unit.source == "cut" else [])
+    known = [None if g is None else _sha(np.ascontiguousarray(g[0]).tobytes(), np.ascontiguousarray(g[1]).tobytes())
+             for g in (given or [])]
     return _sha({"format": PART_FORMAT, "unit": unit.identity, "source": unit.source, "models": scorer.hashes,
-                 "layout": scorer.layout(), "code": [code_fingerprint(c) for c in code]})
+                 "layout": scorer.layout(), "code": [code_fingerprint(c) for c in code], "given": known})
 
 
 def read_part_fingerprint(path: str) -> str | None:
@@ -589,8 +666,13 @@ def write_part(path: str, table: pa.Table, fingerprint: str, summary: dict) -> N
 
 
 def run_units(pl: Plan, scorer: Scorer, params: dict, work_dir: str, progress: bool = True,
-              workers: int | None = None, stash_k: int = 0) -> tuple[list[str], dict]:
+              workers: int | None = None, stash_k: int = 0, given_logits: dict | None = None) -> tuple[list[str], dict]:
     """Score every unit of ``pl`` not already in ``work_dir/parts`` with a matching fingerprint.
+
+    ``given_logits``: {split: per model None or (sample ids, float32 logits)} of stamp-set rows
+    whose logits are already known (the val / test scores of :func:`~darkhaloscope.search.pipeline.calibrate`):
+    a ``control`` unit of that split takes them (and they enter its fingerprint); a 6-channel
+    (paired) model's are not used, since scoring showed it the row's control, the search a blank one.
 
     Returns (part paths in unit order, {'resumed': parts reused, 'scored': parts made}). Parts
     of units no longer planned are removed; a part whose fingerprint differs is redone."""
@@ -607,15 +689,20 @@ def run_units(pl: Plan, scorer: Scorer, params: dict, work_dir: str, progress: b
     paths, done = [], {"resumed": 0, "scored": 0}
     with tqdm(total=sum(u.n_rows for u in pl.units), unit="stamp", desc="search", disable=not progress,
               mininterval=2.0) as bar:
+        # a 6-channel model's val / test logits saw each row's stored control; the search shows it a
+        # blank control half: its rows are run again
+        given_logits = {sp: [None if scorer.models[j][1].paired else g for j, g in enumerate(gs)]
+                        for sp, gs in (given_logits or {}).items()}
         for u in pl.units:
             path = os.path.join(parts_dir, f"{u.name}.parquet")
-            fp = unit_fingerprint(u, scorer)
+            given = given_for(u, given_logits, len(scorer.models))
+            fp = unit_fingerprint(u, scorer, given)
             if os.path.isfile(path) and read_part_fingerprint(path) == fp:
                 done["resumed"] += 1
                 bar.update(u.n_rows)
             else:
                 table, summary = score_unit(u, scorer, params, pl.splits, work_dir, bar,
-                                            scorer.prep_workers if workers is None else workers, stash_k)
+                                            scorer.prep_workers if workers is None else workers, stash_k, given)
                 write_part(path, table, fp, summary)
                 done["scored"] += 1
             paths.append(path)
@@ -623,6 +710,15 @@ def run_units(pl: Plan, scorer: Scorer, params: dict, work_dir: str, progress: b
         log.info("resumed: %d of %d parts in %s were already scored with these inputs, models and settings",
                  done["resumed"], len(pl.units), parts_dir)
     return paths, done
+
+
+def _sorted_logits(sample_ids, logits) -> tuple[np.ndarray, np.ndarray]:
+    sids = np.asarray(sample_ids, np.int64)
+    lg = np.asarray(logits, np.float32)
+    if sids.shape != lg.shape:
+        raise ValueError(f"given logits: {len(lg)} logits for {len(sids)} sample ids")
+    o = np.argsort(sids, kind="stable")
+    return sids[o], lg[o]
 
 
 def read_stamps(files: Sequence[str], sample_ids: np.ndarray, columns: Sequence[str] = (),
@@ -662,4 +758,4 @@ def read_stamps(files: Sequence[str], sample_ids: np.ndarray, columns: Sequence[
 
 
 __all__ = ["CPU_MICRO_BATCH", "DUPLICATE_RADIUS_ARCSEC", "ID_COLUMNS", "Plan", "Scorer", "Unit", "cut_galaxies",
-           "cut_rows", "group_by_brick", "plan", "read_part", "read_stamps", "run_units", "score_unit", "stream_blocks"]
+           "cut_rows", "given_for", "group_by_brick", "plan", "read_part", "read_stamps", "run_units", "score_unit", "stream_blocks"]

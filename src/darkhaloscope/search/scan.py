@@ -189,6 +189,12 @@ def group_by_brick(bricks: np.ndarray, size: int) -> list[np.ndarray]:
     return groups
 
 
+def _galaxy_keys(t: pa.Table) -> np.ndarray:
+    """``brickname/objid`` of each row (a galaxy's identity in the sweeps)."""
+    return np.char.add(np.char.add(np.asarray(t.column("brickname").to_pylist(), dtype=str), "/"),
+                       t.column("objid").to_numpy().astype(str))
+
+
 def _lookup(sorted_ids: np.ndarray, order: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Row index (into the unsorted table) of each of ``ids``, -1 where absent."""
     if not len(sorted_ids):
@@ -205,8 +211,15 @@ def plan(params: dict, root: str, parent_path: str) -> Plan:
     cat_ids = cat.column("row_id").to_numpy().astype(np.int64)
     order = np.argsort(cat_ids, kind="stable")
     sorted_ids = cat_ids[order]
-    cat_keys = np.char.add(np.char.add(np.asarray(cat.column("brickname").to_pylist(), dtype=str), "/"),
-                           cat.column("objid").to_numpy().astype(str))
+    cat_keys = _galaxy_keys(cat)
+
+    def match(t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's index into the parent sample, and whether it is that galaxy (row_id, brickname + objid)."""
+        idx = _lookup(sorted_ids, order, t.column("row_id").to_numpy().astype(np.int64))
+        hit = idx >= 0
+        hit[hit] = cat_keys[idx[hit]] == _galaxy_keys(t)[hit]
+        return idx, hit
+
     matched = np.zeros(cat.num_rows, bool)
     units: list[Unit] = []
     counts = {"parent_sample": int(cat.num_rows), "stamp_set_parent_rows": 0, "stamp_set_parent_not_in_sample": 0,
@@ -221,11 +234,7 @@ def plan(params: dict, root: str, parent_path: str) -> Plan:
         seen_rows.update(rid.tolist())
         counts["stamp_set_parent_rows"] += int(t.num_rows)
         counts["stamp_set_parent_repeated"] += int((~fresh).sum())
-        idx = _lookup(sorted_ids, order, rid)
-        keys = np.char.add(np.char.add(np.asarray(t.column("brickname").to_pylist(), dtype=str), "/"),
-                           t.column("objid").to_numpy().astype(str))
-        hit = idx >= 0
-        hit[hit] = cat_keys[idx[hit]] == keys[hit]
+        idx, hit = match(t)
         matched[idx[hit & fresh]] = True
         counts["stamp_set_parent_not_in_sample"] += int((fresh & ~hit).sum())
         positions.append(np.column_stack([t.column("ra").to_numpy(), t.column("dec").to_numpy()])[fresh])
@@ -242,13 +251,8 @@ def plan(params: dict, root: str, parent_path: str) -> Plan:
                 counts["control_files_without_ids"] += 1  # its galaxies are cut instead (or not_cut)
                 continue
             t = _read_meta(f, CONTROL_ID_COLUMNS)
-            rid = t.column("row_id").to_numpy().astype(np.int64)
-            idx = _lookup(sorted_ids, order, rid)
-            hit = (t.column("is_control").to_numpy() == 1) & (idx >= 0)
-            keys = np.char.add(np.char.add(np.asarray(t.column("brickname").to_pylist(), dtype=str), "/"),
-                               t.column("objid").to_numpy().astype(str))
-            hit[hit] = cat_keys[idx[hit]] == keys[hit]
-            take = np.flatnonzero(hit)
+            idx, hit = match(t)
+            take = np.flatnonzero(hit & (t.column("is_control").to_numpy() == 1))
             take = take[~matched[idx[take]]]
             take = take[np.unique(idx[take], return_index=True)[1]]  # one cutout per galaxy: the first
             take.sort()
@@ -497,11 +501,11 @@ def given_for(unit: Unit, given_logits: dict | None, n_models: int) -> list:
 def _logits(scorer: "Scorer", j: int, x: np.ndarray, m: np.ndarray, sids: np.ndarray, given) -> tuple[np.ndarray, int]:
     """Model ``j``'s logits of a prepared block: the given ones where known, the model's elsewhere;
     and how many were given."""
-    if given is None or not len(given[0]):
+    if given is None:
         return scorer.forward(j, x, m), 0
     gs, gl = given
-    pos = np.minimum(np.searchsorted(gs, sids), len(gs) - 1)
-    hit = gs[pos] == sids
+    pos = _lookup(gs, np.arange(len(gs)), sids)
+    hit = pos >= 0
     out = np.empty(len(sids), np.float32)
     out[hit] = gl[pos[hit]]
     miss = np.flatnonzero(~hit)

@@ -273,3 +273,44 @@ def test_ctrl_c_during_the_job_cancels_it_and_says_so(tmp_path, monkeypatch):
     assert str(e.value).startswith("interrupted (Ctrl-C / SIGINT): no output written (the Spark job was cancelled")
     assert not final.exists() and not (tmp_path / "stamps.tmp").exists()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def _probe_process_brick(brick, rows, coadd_root, *args, marker: str, **kwargs):
+    """Stands in for process_brick in the Spark tasks: records whether ``coadd_root`` is a directory
+    where the task runs."""
+    import os as _os
+    import pathlib
+
+    pathlib.Path(marker, brick).write_text(f"{_os.path.isdir(coadd_root)} {coadd_root}")
+    return []
+
+
+@pytest.mark.slow
+def test_relative_paths_reach_the_tasks_after_a_change_of_directory(tmp_path, monkeypatch):
+    """A JVM outlives spark.stop() and its Python workers keep the directory it started in: a relative
+    survey root or output directory given after a chdir must still name the driver's files (the search
+    e2e test cut zeros once when another test had started the JVM elsewhere)."""
+    import functools
+
+    from pyspark import cloudpickle
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    (second / "coadds").mkdir(parents=True)
+    monkeypatch.chdir(first)
+    run_stamps(_rows(2), "no_coadds", "out", _params(), splits=("train", "val"))  # the JVM runs here now
+    marker = tmp_path / "seen"
+    marker.mkdir()
+    monkeypatch.setattr(spark_mod, "process_brick", functools.partial(_probe_process_brick, marker=str(marker)))
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)  # the workers cannot import this test module
+    try:
+        monkeypatch.chdir(second)
+        stats, _ = run_stamps(_rows(2), "coadds", "out", _params(), splits=("train", "val"))
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    seen = {p.name: p.read_text() for p in marker.iterdir()}
+    assert sorted(seen) == ["1500p005", "1510p005"]
+    assert all(v == f"True {second / 'coadds'}" for v in seen.values()), seen
+    assert sorted(s["file"] for s in stats) == ["train/part-00000.parquet", "val/part-00000.parquet"]
+    assert (second / "out" / "train" / "part-00000.parquet").is_file()

@@ -17,6 +17,7 @@ byte-identical whichever runs it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -200,10 +201,13 @@ def _select_spark(files: list[tuple[str, int]], args: tuple, sp: dict, chunk_byt
 
         def work(item):
             path, size = item
+            # the executors' Python workers run in the directory the JVM started in, not necessarily
+            # this process's current one: a local path goes to them absolute, its messages as given
+            where = path if fs.is_remote(path) else os.path.abspath(path)
             try:
-                return "ok", select_file(path, *args, size=size, chunk_bytes=chunk_bytes)
+                return "ok", select_file(where, *args, size=size, chunk_bytes=chunk_bytes)
             except SurveyError as e:
-                return "error", str(e)
+                return "error", str(e).replace(where, path)
 
         done = sc.parallelize(files, max(1, len(files))).map(work).persist(StorageLevel.MEMORY_AND_DISK)
         done.count()  # every file, in parallel

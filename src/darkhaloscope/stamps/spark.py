@@ -35,6 +35,7 @@ from darkhaloscope.lensing.injector import Injector
 from darkhaloscope.spark_session import spark_session
 from darkhaloscope.stamps.cutout import REJECTED, process_brick
 from darkhaloscope.stamps.format import part_file_name, write_stamp_file
+from darkhaloscope.survey.fs import is_remote
 
 # columns written beside the stamps, in this order
 OUTPUT_COLUMNS = (
@@ -269,6 +270,14 @@ def run_stamps(rows: list[dict], coadd_root: str, out_dir: str, params: dict,
     with ``is_control = 0``). Returns (per-file counts, gallery rows with their clean cutouts).
     """
     inj, sp = params["inject"], params["spark"]
+    # the executors' Python workers run in the directory the JVM started in, which need not be this
+    # process's current one (a JVM outlives spark.stop() and serves the next session): local paths go
+    # to them absolute; messages, fail_reason included, keep the caller's spelling (the stamps' bytes
+    # do not depend on where the checkout is)
+    given_root = coadd_root
+    if not is_remote(coadd_root):
+        coadd_root = os.path.abspath(coadd_root)
+    write_dir = os.path.abspath(out_dir)
     paired = params["manifest"]["control_type"] == "paired"
     bands = tuple(params["survey"]["bands"])
     injector = Injector.from_params(inj, bands)  # travels to the tasks as its parameters
@@ -303,6 +312,8 @@ def run_stamps(rows: list[dict], coadd_root: str, out_dir: str, params: dict,
         def work(group):
             brick, brows = group
             for res in process_brick(brick, brows, coadd_root, inj, bands, gallery_ids, paired, injector):
+                if res["fail_reason"] and coadd_root != given_root:
+                    res["fail_reason"] = res["fail_reason"].replace(coadd_root, given_root)
                 if res["split"] == KNOWN_SPLIT:
                     res["is_control"] = 0  # cut without injection, but they are lenses
                 yield file_index[res["split"], int(res["sample_id"]) % n_buckets[res["split"]]], res
@@ -315,7 +326,7 @@ def run_stamps(rows: list[dict], coadd_root: str, out_dir: str, params: dict,
                        for _, r in items if "clean" in r]
             split, bucket, file_paired = files[index]
             try:
-                stats = write_file(out_dir, split, bucket, [r for _, r in items], file_paired)
+                stats = write_file(write_dir, split, bucket, [r for _, r in items], file_paired)
             except OSError as e:  # name the file (pyarrow's ENOSPC message does not)
                 if e.errno == errno.ENOSPC or "No space left on device" in str(e):
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),

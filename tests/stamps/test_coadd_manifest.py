@@ -363,3 +363,22 @@ def test_stage_stamps_stops_with_one_line_naming_a_file_changed_since_stage_coad
     assert "\n" not in msg and msg.startswith(f"{f}: changed since stage coadds wrote "), msg
     assert f"size {f.stat().st_size} bytes, the manifest says {f.stat().st_size - 8}" in msg
     assert not final.exists() and not (tmp_path / "stamps.tmp").exists()
+
+
+def test_spark_tasks_get_a_copy_of_the_source_with_its_local_root_absolute(tree, tmp_path, monkeypatch):
+    """run_stamps hands the tasks an absolute local root (their Python workers may run elsewhere);
+    the caller's source is not modified; s3-like roots and plain directories are handled the same way."""
+    from darkhaloscope.stamps.spark import _absolute_root
+
+    out = tmp_path / "coadds"
+    C.manifest_coadds(str(tree), ["1500p005"], BANDS, str(out))
+    monkeypatch.chdir(tree.parent)
+    src = C.CoaddSource(str(out / C.MANIFEST_NAME), tree.name, str(tmp_path / "cache"), 10**9)
+    task, given, local = _absolute_root(src)
+    assert isinstance(task, C.CoaddSource) and task is not src
+    assert (given, local, task.root, src.root) == (tree.name, str(tree), str(tree), tree.name)
+    monkeypatch.chdir(tmp_path)  # where the tasks' workers might be
+    assert task.locate("1500p005", "r", "image") == str(tree / coadd_relpath("1500p005", "r", "image"))
+    remote = C.CoaddSource(str(out / C.MANIFEST_NAME), "s3://bucket/dr10", str(tmp_path / "cache"), 10**9)
+    assert _absolute_root(remote)[1:] == ("s3://bucket/dr10", "s3://bucket/dr10")
+    assert _absolute_root("rel/coadds") == (str(tmp_path / "rel/coadds"), "rel/coadds", str(tmp_path / "rel/coadds"))

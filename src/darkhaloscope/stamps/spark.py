@@ -21,6 +21,7 @@ driver reports those itself), and py4j's connection chatter is silenced.
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import re
@@ -31,8 +32,10 @@ from collections import Counter
 import numpy as np
 
 from darkhaloscope.constants import BANDS, IMPOSTOR_CLASSES, KNOWN_SPLIT, SPLITS
+from darkhaloscope.errors import SurveyError
 from darkhaloscope.lensing.injector import Injector
 from darkhaloscope.spark_session import spark_session
+from darkhaloscope.stamps.coadd_cache import CoaddSource
 from darkhaloscope.stamps.cutout import REJECTED, process_brick
 from darkhaloscope.stamps.format import part_file_name, write_stamp_file
 from darkhaloscope.survey.fs import is_remote
@@ -261,10 +264,24 @@ def output_files(splits, files_per_split: int, paired: bool) -> list[tuple[str, 
             for b in range(1 if s == KNOWN_SPLIT else files_per_split)]
 
 
-def run_stamps(rows: list[dict], coadd_root: str, out_dir: str, params: dict,
+def _absolute_root(coadd_root):
+    """``(source for the tasks, root as given, root as the tasks see it)`` of a coadd directory or a
+    :class:`~darkhaloscope.stamps.coadd_cache.CoaddSource` (a copy with its local root absolute)."""
+    given = coadd_root.root if isinstance(coadd_root, CoaddSource) else str(coadd_root)
+    local = given if is_remote(given) else os.path.abspath(given)
+    if isinstance(coadd_root, CoaddSource):
+        coadd_root = copy.copy(coadd_root)
+        coadd_root.root = local
+        return coadd_root, given, local
+    return local, given, local
+
+
+def run_stamps(rows: list[dict], coadd_root, out_dir: str, params: dict,
                gallery_ids: frozenset = frozenset(), splits=SPLITS) -> tuple[list[dict], list[dict]]:
     """Run Phase 4c under Spark, writing into ``out_dir`` (the caller makes it atomic).
 
+    ``coadd_root``: the coadd directory or a :class:`~darkhaloscope.stamps.coadd_cache.CoaddSource`
+    (:func:`~darkhaloscope.stamps.pipeline.coadd_source`).
     ``rows`` are manifest-like dicts (see OUTPUT_COLUMNS); ``splits`` the output split dirs
     (:func:`output_files`; rows of :data:`KNOWN_SPLIT` are cut without injection and written
     with ``is_control = 0``). Returns (per-file counts, gallery rows with their clean cutouts).
@@ -274,9 +291,7 @@ def run_stamps(rows: list[dict], coadd_root: str, out_dir: str, params: dict,
     # process's current one (a JVM outlives spark.stop() and serves the next session): local paths go
     # to them absolute; messages, fail_reason included, keep the caller's spelling (the stamps' bytes
     # do not depend on where the checkout is)
-    given_root = coadd_root
-    if not is_remote(coadd_root):
-        coadd_root = os.path.abspath(coadd_root)
+    coadd_root, given_root, task_root = _absolute_root(coadd_root)
     write_dir = os.path.abspath(out_dir)
     paired = params["manifest"]["control_type"] == "paired"
     bands = tuple(params["survey"]["bands"])
@@ -311,12 +326,17 @@ def run_stamps(rows: list[dict], coadd_root: str, out_dir: str, params: dict,
 
         def work(group):
             brick, brows = group
-            for res in process_brick(brick, brows, coadd_root, inj, bands, gallery_ids, paired, injector):
-                if res["fail_reason"] and coadd_root != given_root:
-                    res["fail_reason"] = res["fail_reason"].replace(coadd_root, given_root)
-                if res["split"] == KNOWN_SPLIT:
-                    res["is_control"] = 0  # cut without injection, but they are lenses
-                yield file_index[res["split"], int(res["sample_id"]) % n_buckets[res["split"]]], res
+            try:
+                for res in process_brick(brick, brows, coadd_root, inj, bands, gallery_ids, paired, injector):
+                    if res["fail_reason"] and task_root != given_root:
+                        res["fail_reason"] = res["fail_reason"].replace(task_root, given_root)
+                    if res["split"] == KNOWN_SPLIT:
+                        res["is_control"] = 0  # cut without injection, but they are lenses
+                    yield file_index[res["split"], int(res["sample_id"]) % n_buckets[res["split"]]], res
+            except SurveyError as e:
+                if task_root == given_root:
+                    raise
+                raise SurveyError(str(e).replace(task_root, given_root)) from None
 
         def write_partition(index, items):
             items = list(items)

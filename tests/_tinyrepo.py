@@ -92,16 +92,20 @@ def tiny_params(epochs: int = 2, patience: int = 50) -> dict:
 
 def full_params() -> dict:
     """The configuration of the shared full run (:func:`shared_full_repo`): :func:`tiny_params` with a
-    2-epoch training and a 12-candidate search page."""
+    2-epoch training, a 12-candidate search page and two stamp files per split (so the Spark
+    partitioning test of tests/e2e/test_pipeline_data_e2e.py sees rows routed to several files)."""
     p = tiny_params(epochs=2)
     p["search"].update(top_k=12, min_score=0.6)
+    p["inject"]["files_per_split"] = 2
     return p
 
 
 def shared_full_repo(tmp_path_factory) -> tuple[Path, str]:
     """(repository, `dvc repro` output) of one full `dvc repro` of :func:`full_params`, built once per
     test session by whichever xdist worker asks first (the others wait on a file lock) and shared by
-    the modules that read it (tests/e2e/test_pipeline_e2e.py, tests/search/test_search_e2e.py).
+    the modules that read it (tests/e2e/test_pipeline_e2e.py, test_pipeline_data_e2e.py,
+    test_reliability_e2e.py, test_cross_machine_e2e.py, tests/search/test_search_e2e.py,
+    tests/survey/test_coadd_manifest_release.py).
 
     It is a reference: a test that changes anything works in its own :func:`clone_repo` of it.
     A failed build is not cached: the next module to ask builds again (and fails the same way)."""

@@ -1,8 +1,9 @@
-"""End-to-end test of the data half of the pipeline: `dvc repro stamps` in a temporary
-copy of the repository with a tiny mock survey, then no-op / forced re-runs and the
-Spark partitioning invariance of the stamp files.
+"""End-to-end test of the data half of the pipeline, read from the session's shared full `dvc repro`
+of a tiny mock survey (tests/_tinyrepo.py: shared_full_repo, two stamp files per split): stage
+counts and files, a no-op re-run, and the Spark partitioning invariance of the stamp files.
+Forced and fresh re-runs reproducing the same md5s: tests/e2e/test_cross_machine_e2e.py.
 
-Never touches the working repository's outputs: everything runs under tmp_path.
+Never touches the working repository's outputs: everything runs under tmp_path, in a clone.
 """
 
 from __future__ import annotations
@@ -29,16 +30,6 @@ SPLITS = ("train", "val", "test")
 run, dvc = T.run, T.dvc
 
 
-def tiny_params() -> dict:
-    p = T.shipped_params()
-    p["survey"]["mock"].update(n_bricks_ra=2, n_bricks_dec=2, brick_size_pix=300, n_lrg_per_brick=25,
-                               n_known_lenses=2)
-    p["selection"]["split"]["nside"] = 1024   # ~3.4 arcmin regions, so the tiny sky has several
-    p["inject"]["files_per_split"] = 2
-    p["spark"]["master"] = "local[2]"
-    return p
-
-
 def lock_md5s(work: Path) -> dict:
     lock = yaml.safe_load((work / "dvc.lock").read_text())
     return {name: {o["path"]: o["md5"] for o in lock["stages"][name]["outs"]} for name in DATA_STAGES}
@@ -46,10 +37,9 @@ def lock_md5s(work: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    # the working tree's sources (tracked and untracked), never its outputs; a git repository
-    work = T.make_repo(tmp_path_factory.mktemp("e2e") / "repo", tiny_params())
-    out = dvc(["repro", "stamps"], work, timeout=400)
-    return work, out
+    """(a clone of the shared full run, its `dvc repro` output)."""
+    shared, out = T.shared_full_repo(tmp_path_factory)
+    return T.clone_repo(shared, tmp_path_factory.mktemp("e2e") / "repo"), out
 
 
 def test_stages_ran(pipeline):
@@ -205,14 +195,5 @@ def test_spark_partitions_and_master_do_not_change_bytes(pipeline, tmp_path):
                                                               for s in ("parent", "test", "train", "val")
                                                               for i in (0, 1)]
     assert outs[1] == outs[5]
-    # and the stage's own output (spark.partitions 8, local[2]) has the same bytes
+    # and the stage's own output (the run's spark.partitions and master) has the same bytes
     assert _files(work / "data/stamps") == outs[1]
-
-
-def test_forced_repro_reproduces_identical_md5s(pipeline):
-    work, _ = pipeline
-    before = lock_md5s(work)
-    out = dvc(["repro", "--force", "stamps"], work, timeout=400)
-    for stage in DATA_STAGES:
-        assert f"Running stage '{stage}'" in out, out[-3000:]
-    assert lock_md5s(work) == before

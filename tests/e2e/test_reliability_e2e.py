@@ -2,9 +2,9 @@
 from SIGKILL part-way through `stamps` and `train` (re-run, and resume from last.pt), a
 missing coadd band through the real stages, and S3 survey roots that cannot be used.
 
-One clean `dvc repro evaluate` of a tiny configuration (tests/_tinyrepo.py) is the reference;
-each test works in a full copy of it (git, DVC cache and outputs), so the reference is never
-changed. The data stages' own forced-repro determinism and the Spark partition/master
+The session's shared full `dvc repro` (tests/_tinyrepo.py: shared_full_repo, fast engine, 2 epochs)
+is the reference; each test works in a full copy of it (git, DVC cache and outputs), so the
+reference is never changed. The data stages' own forced-repro determinism and the Spark partition/master
 invariance are covered by tests/e2e/test_pipeline_data_e2e.py and are not repeated here.
 Everything runs under tmp_path, on CPU.
 """
@@ -26,7 +26,7 @@ from darkhaloscope.survey.bricks import coadd_relpath
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 4
+EPOCHS = T.full_params()["train"]["curriculum"][0]["epochs"]
 ALL_STAGES = ("survey", "parent", "manifest", "coadds", "stamps", "train", "score", "evaluate")
 MODEL_STAGES = ("train", "score", "evaluate")
 METRICS = ("metrics/train.json", "metrics/history.json", "metrics/score.json", "metrics/eval.json",
@@ -41,16 +41,12 @@ def texts(work: Path, paths=METRICS) -> dict:
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
     """The uninterrupted reference run: (repository, dvc.lock md5s, metrics texts, model weights)."""
-    params = T.tiny_params(epochs=EPOCHS)
-    # the reference renderer: no numba compilation in the fresh copy (~20 s); the fast engine's stamp
-    # bytes are checked by test_fast_engine_stamps_do_not_depend_on_the_numba_cache and the data e2e test
-    params["inject"]["engine"] = "lenstronomy"
-    work = T.make_repo(tmp_path_factory.mktemp("clean") / "repo", params)
-    out = T.dvc(["repro", "evaluate"], work, timeout=600)
-    assert T.ran_stages(out) >= set(ALL_STAGES), out[-3000:]
+    shared, _ = T.shared_full_repo(tmp_path_factory)
+    work = T.clone_repo(shared, tmp_path_factory.mktemp("clean") / "repo")
     ref = {"md5": T.out_md5s(work, ALL_STAGES), "metrics": texts(work),
            "weights": {n: load_checkpoint(str(work / "data/model" / n))["model_state"]
                        for n in ("best.pt", "main/best.pt", "main/last.pt")}}
+    assert EPOCHS >= 2  # the SIGKILL tests stop a run between its epochs
     assert json.loads(ref["metrics"]["metrics/train.json"])["main"]["epochs_run"] == EPOCHS
     return work, ref
 

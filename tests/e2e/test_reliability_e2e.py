@@ -4,8 +4,9 @@ missing coadd band through the real stages, and S3 survey roots that cannot be u
 
 The session's shared full `dvc repro` (tests/_tinyrepo.py: shared_full_repo, fast engine, 2 epochs)
 is the reference; each test works in a full copy of it (git, DVC cache and outputs), so the
-reference is never changed. The data stages' own forced-repro determinism and the Spark partition/master
-invariance are covered by tests/e2e/test_pipeline_data_e2e.py and are not repeated here.
+reference is never changed. The data stages' reproduction of their md5s is covered by
+tests/e2e/test_cross_machine_e2e.py and the Spark partition/master invariance by
+tests/e2e/test_pipeline_data_e2e.py; neither is repeated here.
 Everything runs under tmp_path, on CPU.
 """
 
